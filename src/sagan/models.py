@@ -156,6 +156,13 @@ class Generator(nn.Module):
         orthogonal_init_(self)
         apply_spectral_norm(self)
 
+    @classmethod
+    def from_pretrained(cls, folder: str) -> "Generator":
+        """Load a generator written by `sagan export` (safetensors + config.json), in eval mode."""
+        from .export import load_pretrained
+
+        return load_pretrained(folder)
+
     def attention_blocks(self) -> dict[str, SelfAttention2d]:
         """The self-attention blocks by name ('G.attn16' = after the block that outputs 16x16)."""
         return {f"G.attn{4 * 2 ** (int(i) + 1)}": m for i, m in self.attention.items()}

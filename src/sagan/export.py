@@ -1,0 +1,62 @@
+"""Sharing a trained generator: safetensors weights + config.json (and optionally ONNX).
+
+The folder loads back with `Generator.from_pretrained(folder)`: no training state and no
+unpickling (safetensors holds raw tensors only).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .files import atomic_write, atomic_write_json
+from .models import Generator
+
+WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE = "model.safetensors", "config.json", "generator.onnx"
+
+
+def export_generator(G: Generator, out_dir: str | Path, classes: list[str] | None = None, onnx: bool = False) -> list[Path]:
+    """Write G's weights and config to out_dir (atomically); returns the files written."""
+    from safetensors.torch import save
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}
+    atomic_write(out / WEIGHTS_FILE, lambda fh: fh.write(save(state, metadata={"format": "pt"})))
+    atomic_write_json(out / CONFIG_FILE, {"generator": G.config, "classes": classes or []})
+    written = [out / WEIGHTS_FILE, out / CONFIG_FILE]
+    if onnx:
+        written.append(export_onnx(G, out / ONNX_FILE))
+    return written
+
+
+def load_pretrained(folder: str | Path) -> Generator:
+    """A Generator from an exported folder, in eval mode (see `Generator.from_pretrained`)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} is missing; make the folder with `sagan export RUN --out {folder}`")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    G = Generator(**config["generator"])
+    G.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    return G.eval()
+
+
+def export_onnx(G: Generator, path: Path) -> Path:
+    """ONNX graph of G: (z, y) -> image (y only for conditional nets), batch size dynamic."""
+    try:
+        import onnx  # noqa: F401  (the exporter needs it; say so plainly if it is missing)
+    except ImportError:
+        raise ValueError("--onnx needs the onnx package: pip install 'sagan-pytorch[onnx]'") from None
+    G = G.eval()
+    z = torch.randn(2, G.z_dim)
+    args = (z,) if not G.num_classes else (z, torch.zeros(2, dtype=torch.long))
+    names = ["z"] + (["y"] if G.num_classes else [])
+    atomic_write(path, lambda fh: torch.onnx.export(G, args, fh, input_names=names, output_names=["image"],
+                                                    dynamic_axes={n: {0: "batch"} for n in names + ["image"]},
+                                                    opset_version=17, dynamo=False))
+    return path

@@ -1,0 +1,172 @@
+"""`sagan train` / `sagan sample`: the run directory, resume, signals, NaN, safe loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_latest
+from sagan.cli import main
+
+TINY = ["--batch-size", "8", "--ch", "8", "--quiet", "--data-size", "64", "--sample-count", "12", "--log-every", "2"]
+
+
+def test_a_short_run_writes_every_file(tiny_run):
+    run = Path(tiny_run)
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["steps"] == 6 and config["model"]["generator"]["num_classes"] == 6
+    assert config["classes"][:2] == ["circle", "square"] and config["effective_batch_size"] == 8
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4, 6]  # every --log-every steps, and the final step
+    for key in ("loss_d", "loss_g", "d_real", "d_fake", "images_per_s"):
+        assert all(isinstance(r[key], float) for r in lines)
+    assert set(lines[-1]["gamma"]) == {"G.attn16", "D.attn16"}
+    grids = sorted(p.name for p in (run / "samples").glob("*.png"))
+    assert grids == ["step-00000003.png", "step-00000006.png"]
+    assert Image.open(run / "samples" / grids[-1]).size == (4 * 34 + 2, 3 * 34 + 2)  # 12 images, 4 a row
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-00000003.pt", "checkpoint-00000006.pt"]
+    state = load_checkpoint(run / "checkpoint-00000006.pt")
+    assert state["step"] == 6 and {"G", "D", "G_ema", "opt_G", "opt_D", "rng", "config"} <= set(state)
+    assert not any(p.name.startswith(".tmp-") for p in run.iterdir())
+
+
+def _weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
+    _, state = load_latest(run)
+    return {k: state[k] for k in ("G", "D", "G_ema")} | {"opt_D": state["opt_D"]["state"][0]}
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    common = TINY + ["--checkpoint-every", "3", "--sample-every", "100"]
+    assert main(["train", "--steps", "6", "--out", str(tmp_path / "straight")] + common) == 0
+    assert main(["train", "--steps", "3", "--out", str(tmp_path / "split")] + common) == 0
+    assert main(["train", "--resume", str(tmp_path / "split"), "--steps", "6", "--quiet"]) == 0
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    for part in a:
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 3, 4, 6]  # the first leg's final line, then the resumed ones; nothing twice
+
+
+def test_resume_refuses_flags_that_change_the_model(tiny_run, capsys):
+    assert main(["train", "--resume", tiny_run, "--resolution", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trained with resolution=32" in err and "--resolution 64 conflicts" in err and len(err.splitlines()) == 1
+
+
+def test_an_existing_run_is_not_overwritten(tiny_run, capsys):
+    assert main(["train", "--out", tiny_run, "--steps", "2"] + TINY) == 2
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+
+
+def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sagan", "train", "--steps", "100000", "--out", str(run), "--checkpoint-every", "100000"] + TINY,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:  # wait until it is really training
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    path, state = load_latest(run)
+    assert state["step"] >= 2 and path.name == f"checkpoint-{state['step']:08d}.pt"
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "checkpoint-00000001.pt"
+    torch.save({"format_version": 1, "payload": _Exploit(marker)}, evil)
+    with pytest.raises(CheckpointError, match="refused to load .*could run code"):
+        load_checkpoint(evil)
+    assert main(["sample", str(evil), "--out", str(tmp_path / "x.png")]) == 2
+    assert not marker.exists()
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    import sagan.training as training
+    from sagan.losses import GANLoss, hinge_d, hinge_g
+
+    calls = {"n": 0}
+
+    def poisoned_d(real, fake):
+        calls["n"] += 1
+        loss = hinge_d(real, fake)
+        return loss * float("nan") if calls["n"] > 4 else loss
+
+    monkeypatch.setattr(training, "get_loss", lambda name: GANLoss(poisoned_d, hinge_g))
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "10", "--out", str(run), "--checkpoint-every", "2"] + TINY) == 1
+    err = capsys.readouterr().err
+    assert "NaN or Inf" in err and "checkpoint-00000004.pt" in err
+    path, state = load_latest(run)
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["G"].values() if v.is_floating_point())
+
+
+def test_wrong_checkpoint_version_and_config(tiny_run, tmp_path):
+    _, state = load_latest(tiny_run)
+    state["format_version"] = 99
+    torch.save(state, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format 99"):
+        load_checkpoint(tmp_path / "future.pt")
+    _, state = load_latest(tiny_run)
+    state["model_config"]["generator"]["ch"] = 16  # claims other networks than its weights
+    torch.save(state, tmp_path / "other.pt")
+    from sagan.checkpoint import load_generator
+
+    with pytest.raises(CheckpointError, match="do not fit the networks built from its config"):
+        load_generator(tmp_path / "other.pt")
+
+
+def test_sample_writes_a_grid_and_single_images(tiny_run, tmp_path, capsys):
+    grid = tmp_path / "grid.png"
+    assert main(["sample", tiny_run, "--n", "10", "--class", "2", "--seed", "1", "--truncation", "1.5", "--out", str(grid)]) == 0
+    assert Image.open(grid).size == (4 * 34 + 2, 3 * 34 + 2)
+    folder = tmp_path / "each"
+    assert main(["sample", tiny_run, "--n", "3", "--out-dir", str(folder)]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    assert Image.open(folder / "000000.png").size == (32, 32)
+    assert main(["sample", tiny_run, "--class", "9"]) == 2
+    assert "outside [0, 6)" in capsys.readouterr().err
+
+
+def test_sampling_is_deterministic_by_seed(tiny_run):
+    from sagan.checkpoint import load_generator
+    from sagan.sampling import generate
+
+    G, _ = load_generator(tiny_run)
+    a, ya = generate(G, 5, seed=3)
+    b, yb = generate(G, 5, seed=3)
+    c, _ = generate(G, 5, seed=4)
+    assert torch.equal(a, b) and torch.equal(ya, yb) and not torch.equal(a, c)
+
+
+def test_tensorboard_flag(tmp_path, capsys):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert main(["train", "--steps", "1", "--out", str(tmp_path / "tb"), "--tensorboard"] + TINY) == 2
+        assert "pip install 'sagan-pytorch[tensorboard]'" in capsys.readouterr().err
+    else:
+        assert main(["train", "--steps", "2", "--out", str(tmp_path / "tb"), "--tensorboard"] + TINY) == 0
+        assert any((tmp_path / "tb" / "tensorboard").iterdir())
