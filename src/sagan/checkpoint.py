@@ -95,7 +95,7 @@ def load_latest(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
             state = load_checkpoint(path)
         except CheckpointError as err:
             errors.append(str(err))
-            warnings.warn(f"{err}; falling back to the previous checkpoint")
+            warnings.warn(f"{str(err).split('; ')[0]}; falling back to the previous checkpoint")
             continue
         return path, state
     raise CheckpointError(f"no loadable checkpoint in {run_dir}: {errors[0]}")

@@ -79,8 +79,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument
     a("--data", help="shapes (built-in, default), cifar10, a folder of images, an .npz, or cifar-10-python.tar.gz")
     a("--resolution", type=positive_int, help="image size: 32, 64, 128 or 256 (default 32)")
-    a("--steps", type=positive_int, help="generator steps (default: 2500 on CPU, 100000 on GPU)")
-    a("--batch-size", type=positive_int, help="images per process and step (default 64)")
+    a("--steps", type=positive_int, help="generator steps (default: 2400 on CPU, 100000 on GPU)")
+    a("--batch-size", type=positive_int, help="images per process and step (default: 32 on CPU, 64 on GPU)")
     a("--out", help="run directory (default runs/<timestamp>)")
     a("--resume", metavar="RUN_DIR", help="continue a run from its newest loadable checkpoint")
     a("--checkpoint-every", type=positive_int, help="steps between checkpoints (default 500)")
@@ -95,7 +95,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--attention-g", type=resolutions, help="G feature resolutions with attention, e.g. 16 (default: preset)")
     a("--attention-d", type=resolutions, help="D feature resolutions with attention (default: preset)")
     a("--loss", choices=["hinge", "nonsaturating", "wasserstein"], help="GAN loss (default hinge)")
-    a("--lr-g", type=positive_float, help="generator learning rate (default 1e-4)")
+    a("--lr-g", type=positive_float, help="generator learning rate (default: 1e-4 on GPU, 2e-4 on CPU)")
     a("--lr-d", type=positive_float, help="discriminator learning rate (default 4e-4)")
     a("--beta1", type=unit_interval, help="Adam beta1 (default 0)")
     a("--beta2", type=unit_interval, help="Adam beta2 (default 0.9)")
@@ -371,3 +371,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sagan: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the machine, not the input: a full disk, a lost mount...
+        print(f"sagan {args.command}: error: {err}", file=sys.stderr)
+        return 1

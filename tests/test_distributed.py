@@ -1,0 +1,115 @@
+"""DDP on CPU with gloo: identical ranks, equality with one process, torchrun, resume, elastic restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from sagan.checkpoint import list_checkpoints, load_latest
+
+SMALL = dict(steps=3, batch_size=4, ch=8, data_size=64, quiet=True, log_every=1, sample_every=100,
+             checkpoint_every=100, sample_count=4, device="cpu", seed=5)
+CLI_SMALL = ["--batch-size", "4", "--ch", "8", "--data-size", "64", "--sample-count", "4", "--device", "cpu"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, out: str, kwargs: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    from sagan.training import TrainConfig, train
+
+    result = train(TrainConfig(**kwargs))
+    torch.save({"G": result.G.state_dict(), "D": result.D.state_dict(), "G_ema": result.G_ema.state_dict()},
+               Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_agree_with_each_other_and_with_one_process_of_the_same_total_batch(tmp_path):
+    kwargs = dict(SMALL, out=str(tmp_path / "ddp"))
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path), kwargs), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for net in ("G", "D", "G_ema"):
+        for key in rank0[net]:
+            assert torch.equal(rank0[net][key], rank1[net][key]), (net, key)  # SN's u, v and BN stats included
+
+    from sagan.training import TrainConfig, train
+
+    single = train(TrainConfig(**dict(SMALL, batch_size=8, out=str(tmp_path / "single"))))
+    moved = 0.0
+    for net, module in (("G", single.G), ("D", single.D)):
+        state = module.state_dict()
+        for key, value in rank0[net].items():
+            if value.is_floating_point():
+                torch.testing.assert_close(value, state[key], rtol=1e-3, atol=2e-3, msg=f"{net}.{key}")
+                moved = max(moved, (value - state[key]).abs().max().item())
+    assert moved < 2e-3
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert config["world_size"] == 2 and config["effective_batch_size"] == 8
+
+
+def _torchrun(*args: str, max_restarts: int = 0) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--max-restarts", str(max_restarts), "-m", "sagan", "train", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def test_torchrun_then_resume_with_one_process(tmp_path):
+    run = tmp_path / "run"
+    proc = _torchrun("--steps", "4", "--out", str(run), "--checkpoint-every", "2", *CLI_SMALL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "batch 4 x 2 process(es) = 8" in out and out.count("sagan: run ") == 1  # only rank 0 talks
+    assert "Warning" not in out, out
+    assert load_latest(run)[1]["step"] == 4
+    done = subprocess.run([sys.executable, "-m", "sagan", "train", "--resume", str(run), "--steps", "6", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    _, state = load_latest(run)
+    assert state["step"] == 6 and json.loads((run / "config.json").read_text())["world_size"] == 1
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    proc = _torchrun("--steps", "60", "--out", str(run), "--checkpoint-every", "5", "--log-every", "5", *CLI_SMALL, max_restarts=2)
+    deadline = time.time() + 240
+    while not list_checkpoints(run) and time.time() < deadline:
+        time.sleep(0.2)
+    assert list_checkpoints(run), "no checkpoint appeared"
+    workers = [p for p in _children(proc.pid)]
+    assert workers, "torchrun has no worker processes"
+    os.kill(workers[-1], signal.SIGKILL)  # a rank dies hard
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "resuming at step" in out
+    assert load_latest(run)[1]["step"] == 60
