@@ -8,13 +8,15 @@ the peak memory that the step adds on top of its inputs, for:
   naive  the usual public port: bmm -> softmax -> bmm, storing the N x N matrix, same weights,
   core   F.scaled_dot_product_attention alone on pre-projected contiguous q, k, v (the floor).
 fp32 on CPU; bf16 autocast on CUDA. On CPU, peak memory is the growth of the peak resident set of
-a fresh process running one step (VmHWM, reset first); on CUDA it is torch.cuda.max_memory_allocated.
+a fresh process during its second step (VmHWM, reset first; glibc's mmap threshold fixed at 64 KiB
+so that freed tensors leave the resident set); on CUDA it is torch.cuda.max_memory_allocated.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -113,11 +115,16 @@ def peak_extra_bytes(variant: str, size: int, channels: int, batch: int, device:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     # CPU: a fresh process per measurement, so one variant's high-water mark cannot hide another's.
+    # glibc maps every block >= 64 KiB on its own and unmaps it on free (a fixed mmap threshold), so
+    # the resident set follows live tensors; one warm-up step first keeps one-time costs (thread
+    # pools, lazy initialisation) out of the figure, as on CUDA.
     code = (
         "import sys;sys.path.insert(0,%r);import attention as b;"
-        "m,x=b.build(%r,%d,%d,%d,'cpu');print(b.rss_growth(lambda: b.step(m,x,'cpu')))"
+        "m,x=b.build(%r,%d,%d,%d,'cpu');b.step(m,x,'cpu');x.grad=None;m.zero_grad(set_to_none=True);"
+        "print(b.rss_growth(lambda: b.step(m,x,'cpu')))"
     ) % (sys.path[0], variant, size, channels, batch)
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
     return int(out.split()[-1])
 
 

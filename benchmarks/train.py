@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def run_variant(preset: int, batch: int, steps: int, fused: bool, out: Path) -> 
                   checkpoint_every=10**9, quiet=True, out=str(out), ch=64, data_size=max(64, batch * 2 * half))
     config["fused_attention"] = fused
     code = WORKER.format(bench_dir=str(Path(__file__).parent), config=json.dumps(config))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # see benchmarks/attention.py: RSS follows live tensors
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

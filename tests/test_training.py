@@ -25,7 +25,7 @@ def test_a_short_run_writes_every_file(tiny_run):
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["steps"] == 6 and config["model"]["generator"]["num_classes"] == 6
     assert config["classes"][:2] == ["circle", "square"] and config["effective_batch_size"] == 8
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = [r for x in (run / "metrics.jsonl").read_text().splitlines() if "loss_d" in (r := json.loads(x))]
     assert [r["step"] for r in lines] == [2, 4, 6]  # every --log-every steps, and the final step
     for key in ("loss_d", "loss_g", "d_real", "d_fake", "images_per_s"):
         assert all(isinstance(r[key], float) for r in lines)

@@ -144,16 +144,21 @@ class _SelfAttentionNd(nn.Module):
         return q, kv[..., :d], kv[..., d:]
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """y = gamma * v(o) + x, with o (B, N, C_v) and the result in x's shape and memory layout."""
-        weight, bias = self.out.weight.flatten(1), self.out.bias  # (C, C_v), (C,)
-        if x.movedim(1, -1).is_contiguous():  # channels-last input: stay in (B, N, C)
-            o = F.linear(o, weight, bias).unflatten(1, x.shape[2:]).movedim(-1, 1)
-        else:  # channels-first input: produce (B, C, N) directly, no transpose copy
-            w = weight.expand(o.shape[0], *weight.shape)
-            ot = o.transpose(1, 2)
-            o = torch.bmm(w, ot) if bias is None else torch.baddbmm(bias[:, None], w, ot)
-            o = o.unflatten(2, x.shape[2:])
-        return x + self.gamma * o
+        """y = x + gamma * v(o) = x + (gamma W_v) o + gamma b_v, with o (B, N, C_v).
+
+        One batched GEMM that adds onto x, with gamma folded into the small (C, C_v) weight: no
+        full-size v(o) or gamma * v(o) is stored for backward. The result has x's shape and layout.
+        """
+        weight = self.gamma * self.out.weight.flatten(1)  # (C, C_v)
+        batch = o.shape[0]
+        if x.movedim(1, -1).is_contiguous():  # channels-last input: work in (B, N, C)
+            y = torch.baddbmm(x.movedim(1, -1).flatten(1, -2), o, weight.t().expand(batch, -1, -1))
+            y = y.unflatten(1, x.shape[2:]).movedim(-1, 1)
+        else:  # channels-first input: (B, C, N) directly, no transpose copy
+            y = torch.baddbmm(x.flatten(2), weight.expand(batch, -1, -1), o.transpose(1, 2)).unflatten(2, x.shape[2:])
+        if self.out.bias is not None:  # in place: baddbmm's backward does not need its output
+            y.add_((self.gamma * self.out.bias).view(-1, *([1] * (x.dim() - 2))))
+        return y
 
     # -- public API -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

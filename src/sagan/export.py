@@ -6,13 +6,16 @@ unpickling (safetensors holds raw tensors only).
 
 from __future__ import annotations
 
+import copy
 import json
+import warnings
 from pathlib import Path
 
 import torch
 
 from .files import atomic_write, atomic_write_json
 from .models import Generator
+from .spectral import bake_spectral_norm
 
 WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE = "model.safetensors", "config.json", "generator.onnx"
 
@@ -52,11 +55,17 @@ def export_onnx(G: Generator, path: Path) -> Path:
         import onnx  # noqa: F401  (the exporter needs it; say so plainly if it is missing)
     except ImportError:
         raise ValueError("--onnx needs the onnx package: pip install 'sagan-pytorch[onnx]'") from None
-    G = G.eval()
+    G = bake_spectral_norm(copy.deepcopy(G).eval())  # plain weights: the graph need not compute sigma
     z = torch.randn(2, G.z_dim)
     args = (z,) if not G.num_classes else (z, torch.zeros(2, dtype=torch.long))
     names = ["z"] + (["y"] if G.num_classes else [])
-    atomic_write(path, lambda fh: torch.onnx.export(G, args, fh, input_names=names, output_names=["image"],
-                                                    dynamic_axes={n: {0: "batch"} for n in names + ["image"]},
-                                                    opset_version=17, dynamo=False))
+    # The TorchScript exporter needs only `onnx` (the torch.export one also needs onnxscript). Its
+    # tracer warns about the label range checks, which are constants for a trace: expected.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        atomic_write(path, lambda fh: torch.onnx.export(G, args, fh, input_names=names, output_names=["image"],
+                                                        dynamic_axes={n: {0: "batch"} for n in names + ["image"]},
+                                                        opset_version=17, dynamo=False))
     return path

@@ -46,3 +46,16 @@ def raw_weight(layer: nn.Module):
     if parametrize.is_parametrized(layer, "weight"):
         return layer.parametrizations["weight"].original
     return layer.weight
+
+
+def bake_spectral_norm(root: nn.Module) -> nn.Module:
+    """Replace every spectral-norm parametrization below root by its current normalised weight.
+
+    For inference exports (ONNX): the graph then holds plain weights instead of the sigma
+    computation. Uses the stored u, v (as eval mode does). In place; returns root.
+    """
+    for layer in list(root.modules()):
+        if has_spectral_norm(layer):
+            layer.eval()
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    return root
