@@ -170,3 +170,12 @@ def test_tensorboard_flag(tmp_path, capsys):
     else:
         assert main(["train", "--steps", "2", "--out", str(tmp_path / "tb"), "--tensorboard"] + TINY) == 0
         assert any((tmp_path / "tb" / "tensorboard").iterdir())
+
+
+@pytest.mark.slow
+def test_compile_flag_trains(tmp_path):
+    """--compile runs the same loop through torch.compile (about a minute of compiling on 2 cores)."""
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--out", str(run), "--compile"] + TINY) == 0
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 2 and all(map(torch.isfinite, torch.tensor([last["loss_d"], last["loss_g"]])))

@@ -129,3 +129,12 @@ def load_generator(run_or_file: str | Path, use_ema: bool = True):
     G = Generator(**state["model_config"]["generator"])
     load_state(G, state["G_ema" if use_ema else "G"], path, "EMA generator" if use_ema else "generator")
     return G.eval(), state
+
+
+def discriminator_from(state: dict[str, Any], path: str | Path):
+    """The discriminator held in a loaded checkpoint `state` (read from `path`), in eval mode."""
+    from .models import Discriminator
+
+    D = Discriminator(**state["model_config"]["discriminator"])
+    load_state(D, state["D"], path, "discriminator")
+    return D.eval()

@@ -79,8 +79,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a = p.add_argument
     a("--data", help="shapes (built-in, default), cifar10, a folder of images, an .npz, or cifar-10-python.tar.gz")
     a("--resolution", type=positive_int, help="image size: 32, 64, 128 or 256 (default 32)")
-    a("--steps", type=positive_int, help="generator steps (default: 2400 on CPU, 100000 on GPU)")
-    a("--batch-size", type=positive_int, help="images per process and step (default: 32 on CPU, 64 on GPU)")
+    a("--steps", type=positive_int, help="generator steps (default: 4600 on CPU, 100000 on GPU)")
+    a("--batch-size", type=positive_int, help="images per process and step (default: 16 on CPU, 64 on GPU)")
     a("--out", help="run directory (default runs/<timestamp>)")
     a("--resume", metavar="RUN_DIR", help="continue a run from its newest loadable checkpoint")
     a("--checkpoint-every", type=positive_int, help="steps between checkpoints (default 500)")
@@ -140,14 +140,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_source(p: argparse.ArgumentParser) -> None:
+    """The trained model a command reads: a run directory (its newest checkpoint) or a checkpoint."""
+    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the trained G, not its EMA copy")
+
+
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw images from a trained generator")
-    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
+    _add_source(p)
     p.add_argument("--n", type=positive_int, default=64, help="number of images (default 64)")
     p.add_argument("--class", dest="class_index", type=non_negative_int, help="draw only this class")
     p.add_argument("--seed", type=any_int, default=0)
     p.add_argument("--truncation", type=positive_float, help="truncate |z| at this value (BigGAN's trick)")
-    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the trained G, not its EMA copy")
     p.add_argument("--device", default="auto")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--out", default=None, help="grid PNG (default samples.png)")
@@ -214,21 +219,16 @@ def _info(args: argparse.Namespace) -> int:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="FID / IS / KID of a trained generator (torch-fidelity)")
-    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
+    _add_source(p)
     p.add_argument("--data", help="real data to compare with (default: the run's training data)")
     p.add_argument("--n", type=positive_int, default=50_000, help="generated samples, and at most as many real images (default 50000)")
     p.add_argument("--metrics", default="fid,is,kid", help="comma-separated subset of fid,is,kid (default all)")
-    p.add_argument("--inception-weights", help=f"local {_inception_file()} (offline machines); or set SAGAN_INCEPTION_WEIGHTS")
+    p.add_argument("--inception-weights", help="local Inception weights file (offline machines); or set SAGAN_INCEPTION_WEIGHTS")
     p.add_argument("--seed", type=any_int, default=0)
     p.add_argument("--truncation", type=positive_float)
-    p.add_argument("--no-ema", dest="ema", action="store_false", help="evaluate the trained G, not its EMA copy")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", help="folder of downloaded datasets")
     p.set_defaults(func=_eval)
-
-
-def _inception_file() -> str:
-    return "weights-inception-2015-12-05-6726825d.pth"
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -259,26 +259,23 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _add_attention(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attention", help="attention maps of a generated (or real) image, as in the paper")
-    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
+    _add_source(p)
     p.add_argument("--class", dest="class_index", type=non_negative_int)
     p.add_argument("--seed", type=any_int, default=0)
     p.add_argument("--points", type=points, help='query pixels "x,y;x,y" (default: four spread points)')
     p.add_argument("--layer", help="attention block, e.g. G.attn16 or D.attn16 (default: G's first)")
     p.add_argument("--image", help="a real image to feed D (with a D.attn* --layer)")
-    p.add_argument("--no-ema", dest="ema", action="store_false")
     p.add_argument("--out", default="attention.png")
     p.set_defaults(func=_attention)
 
 
 def _attention(args: argparse.Namespace) -> int:
-    from .checkpoint import load_generator, load_state
+    from .checkpoint import discriminator_from, load_generator
     from .data import ImageFolderDataset
-    from .models import Discriminator
     from .viz import attention_picture, save_pil
 
     G, state = load_generator(args.source, use_ema=args.ema)
-    D = Discriminator(**state["model_config"]["discriminator"])
-    load_state(D, state["D"], args.source, "discriminator")
+    D = discriminator_from(state, args.source)
     layer = args.layer or sorted(G.attention_blocks())[0]
     image = None
     if args.image:
@@ -286,7 +283,7 @@ def _attention(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"--image {path} does not exist")
         image = ImageFolderDataset.load_image(path, G.resolution)
-    picture = attention_picture(G, layer, D=D.eval(), seed=args.seed, class_index=args.class_index,
+    picture = attention_picture(G, layer, D=D, seed=args.seed, class_index=args.class_index,
                                 points=args.points, image=image)
     save_pil(picture, args.out)
     print(f"wrote attention maps of {layer} to {args.out}")
@@ -321,10 +318,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="the EMA generator as model.safetensors + config.json (+ ONNX)")
-    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
+    _add_source(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--onnx", action="store_true", help="also write generator.onnx (needs the onnx package)")
-    p.add_argument("--no-ema", dest="ema", action="store_false")
     p.set_defaults(func=_export)
 
 

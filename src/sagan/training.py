@@ -12,7 +12,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,11 @@ from .sampling import sample_labels, sample_noise
 from .viz import save_grid
 
 #: What `sagan train` with no flags picks on a CPU: a width, batch and length that a 2-core laptop
-#: finishes in about 15 minutes, and a G learning rate twice the paper's (a 2:1 instead of 1:4
-#: two-timescale ratio) so that so few steps give recognisable samples (README, "What the first
-#: run shows"; measured on 2 cores: 0.36 s a step).
-CPU_DEFAULTS = dict(ch=16, batch_size=32, steps=2400, lr_g=2e-4)
+#: finishes in about 15 minutes, and a G learning rate twice the paper's (a 1:2 instead of 1:4
+#: two-timescale ratio), which learned visibly faster in these short runs. Many small steps beat
+#: fewer large ones here (batch 16 x 4600 steps vs 32 x 2400 in the same time: more varied
+#: samples). Measured on 2 cores: 13 min 35 s (README, "What the first run shows").
+CPU_DEFAULTS = dict(ch=16, batch_size=16, steps=4600, lr_g=2e-4)
 #: On a GPU: the preset's width and the paper's recipe, for a length in the range of its runs.
 GPU_DEFAULTS = dict(ch=64, batch_size=64, steps=100_000, lr_g=1e-4)
 
