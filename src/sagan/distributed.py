@@ -48,10 +48,6 @@ def restart_count() -> int:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
-def barrier(ctx: Distributed) -> None:
-    if ctx.enabled:
-        dist.barrier()
-
 
 def broadcast_flag(flag: bool, ctx: Distributed) -> bool:
     """True on every rank if it is True on any rank (e.g. a stop request that reached one process)."""

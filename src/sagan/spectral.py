@@ -41,12 +41,6 @@ def apply_spectral_norm(root: nn.Module) -> nn.Module:
     return root
 
 
-def raw_weight(layer: nn.Module):
-    """The trainable weight tensor of `layer`: the un-normalised original under spectral norm."""
-    if parametrize.is_parametrized(layer, "weight"):
-        return layer.parametrizations["weight"].original
-    return layer.weight
-
 
 def bake_spectral_norm(root: nn.Module) -> nn.Module:
     """Replace every spectral-norm parametrization below root by its current normalised weight.
