@@ -232,12 +232,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import json
-
     from .checkpoint import load_generator, resolve_checkpoint
     from .data import build_dataset
     from .metrics import evaluate_generator, parse_metrics
-    from .training import resolve_device
+    from .training import MetricsLog, resolve_device
 
     metrics = parse_metrics(args.metrics)
     device = resolve_device(args.device)
@@ -249,11 +247,10 @@ def _eval(args: argparse.Namespace) -> int:
     results = evaluate_generator(G.to(device), dataset, n=args.n, metrics=metrics, inception_weights=args.inception_weights,
                                  seed=args.seed, device=device, truncation=args.truncation)
     print(f"step {state['step']}, {args.n} samples: " + ", ".join(f"{k.upper()} {v:.4g}" for k, v in results.items()))
-    log = path.parent / "metrics.jsonl"
     if (path.parent / "config.json").is_file():  # a run directory: keep the result with the run
-        with open(log, "a") as fh:
-            fh.write(json.dumps({"step": state["step"], "eval": results, "eval_n": args.n, "checkpoint": path.name,
-                                 "ema": args.ema, "data": args.data or train["data"]}) + "\n")
+        MetricsLog(path.parent / "metrics.jsonl").write({"step": state["step"], "eval": results, "eval_n": args.n,
+                                                         "checkpoint": path.name, "ema": args.ema,
+                                                         "data": args.data or train["data"]})
     return 0
 
 
@@ -298,20 +295,13 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    import json
-
+    from .training import MetricsLog
     from .viz import plot_curves
 
     log = Path(args.run) / "metrics.jsonl"
     if not log.is_file():
         raise FileNotFoundError(f"{log} does not exist; is {args.run} a sagan run directory?")
-    records = []
-    for line in log.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-    plot_curves(records, args.out)
+    plot_curves(MetricsLog.read(log), args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -167,11 +167,11 @@ def build_networks(model_config: dict[str, Any]) -> tuple[Generator, Discriminat
     return Generator(**model_config["generator"]), Discriminator(**model_config["discriminator"])
 
 
-def _model_config(c: TrainConfig, num_classes: int) -> dict[str, Any]:
-    g = dict(resolution=c.resolution, z_dim=c.z_dim, num_classes=num_classes, ch=c.ch, attention=c.attention_g)
-    d = dict(resolution=c.resolution, num_classes=num_classes, ch=c.ch, attention=c.attention_d)
-    G, D = Generator(**g), Discriminator(**d)  # validate now, and record the resolved attention lists
-    return {"generator": G.config, "discriminator": D.config}
+def _new_networks(c: TrainConfig, num_classes: int) -> tuple[Generator, Discriminator]:
+    """Fresh nets for a new run; their .config (resolved attention lists included) is what gets saved."""
+    G = Generator(resolution=c.resolution, z_dim=c.z_dim, num_classes=num_classes, ch=c.ch, attention=c.attention_g)
+    D = Discriminator(resolution=c.resolution, num_classes=num_classes, ch=c.ch, attention=c.attention_d)
+    return G, D
 
 
 def merge_resume_config(saved: dict[str, Any], given: dict[str, Any], run_dir: Path) -> TrainConfig:
@@ -218,19 +218,23 @@ class _StopRequest:
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, appended and flushed (rank 0 only)."""
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
         if resume_step is not None and path.exists():
             # Drop lines from after the checkpoint we resume from, and any line a crash cut short.
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if record.get("step", 0) <= resume_step:
-                    kept.append(line)
-            atomic_write_text(path, "".join(k + "\n" for k in kept))
+            kept = [r for r in self.read(path) if r.get("step", 0) <= resume_step]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    @staticmethod
+    def read(path: Path) -> list[dict[str, Any]]:
+        """The records of a metrics.jsonl, skipping a line that a crash cut short."""
+        records = []
+        for line in Path(path).read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as fh:
@@ -285,10 +289,9 @@ def train(config: TrainConfig, resume: str | None = None, given: dict[str, Any] 
     config.conditional = labelled if config.conditional is None else config.conditional
     num_classes = dataset.num_classes if config.conditional else 0
     classes = list(dataset.classes) if config.conditional else []
-    model_config = state["model_config"] if state else _model_config(config, num_classes)
-
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    G, D = build_networks(model_config)
+    G, D = build_networks(state["model_config"]) if state else _new_networks(config, num_classes)
+    model_config = {"generator": G.config, "discriminator": D.config}
     for block in [*G.attention_blocks().values(), *D.attention_blocks().values()]:
         block.fused = config.fused_attention
     # DDP's gradient buckets are laid out for contiguous weights: keep those under DDP.
