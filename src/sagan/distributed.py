@@ -7,7 +7,12 @@ helper here is a no-op. nccl on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -39,8 +44,71 @@ def init_distributed(device_type: str) -> Distributed:
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            store, _, _ = next(dist.rendezvous("env://", rank, world_size))
+            store = fresh_namespace(store, rank, world_size)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+        else:
+            dist.init_process_group(backend)
     return Distributed(rank, local_rank, world_size)
+
+
+def fresh_namespace(store: dist.Store, rank: int, world_size: int,
+                    timeout: timedelta = timedelta(minutes=10), poll_s: float = 0.05) -> dist.Store:
+    """A prefix of `store` that no earlier generation of this job has written to.
+
+    torchrun's agent keeps one TCPStore for the whole job and gives it to the workers of every
+    restart (TORCHELASTIC_USE_AGENT_STORE; pytorch/pytorch#135712), so the addresses gloo/nccl
+    published before a restart are still there, and a restarted rank can read a dead peer's
+    address and fail or hang in connect. TORCHELASTIC_RESTART_COUNT is no cure: it is per agent,
+    so nodes disagree after a restart. Instead rank 0 names the round with a fresh token, and
+    each other rank learns it is not reading a stale token when rank 0 acknowledges a fresh
+    token of its own, filed under the round's name.
+    """
+    me = uuid.uuid4().hex
+    deadline = time.monotonic() + timeout.total_seconds()
+    if rank == 0:
+        store.set("sagan/round", me)
+        pending = set(range(1, world_size))
+        while pending:
+            for r in sorted(pending):
+                if store.check([f"sagan/{me}/rank{r}"]):
+                    store.set(f"sagan/ack/{store.get(f'sagan/{me}/rank{r}').decode()}", me)
+                    pending.discard(r)
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"ranks {sorted(pending)} did not join within {timeout}; check that every node started")
+            time.sleep(poll_s if pending else 0)
+        return dist.PrefixStore(f"sagan/{me}/", store)
+    joined = None
+    while True:
+        if store.check(["sagan/round"]):
+            round_name = store.get("sagan/round").decode()
+            if round_name != joined:  # first look, or a newer rank 0 replaced a stale round
+                store.set(f"sagan/{round_name}/rank{rank}", me)
+                joined = round_name
+            if store.check([f"sagan/ack/{me}"]):
+                return dist.PrefixStore(f"sagan/{store.get(f'sagan/ack/{me}').decode()}/", store)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank 0 did not start within {timeout}; check that every node started")
+        time.sleep(poll_s)
+
+
+@contextmanager
+def process_group(device_type: str) -> Iterator[Distributed]:
+    """init_distributed for the span of a with-block, then destroy the group if this block made it.
+
+    A process that exits with a live gloo group can abort in its destructor ("terminate called
+    without an active exception") while its worker threads still hold tensors, so the owner of
+    the group destroys it on every way out: return, exception, or a stop signal.
+    """
+    owned = not (dist.is_available() and dist.is_initialized())
+    ctx = init_distributed(device_type)
+    try:
+        yield ctx
+    finally:
+        if owned and ctx.enabled and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def restart_count() -> int:

@@ -34,7 +34,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import StepSampler, build_dataset
-from .distributed import Distributed, broadcast_flag, init_distributed, restart_count, synchronise_batchnorm, unwrap
+from .distributed import Distributed, broadcast_flag, process_group, restart_count, synchronise_batchnorm, unwrap
 from .ema import EMA
 from .files import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from .losses import get_loss
@@ -261,7 +261,14 @@ def train(config: TrainConfig, resume: str | None = None, given: dict[str, Any] 
     flags passed explicitly this time (they may extend --steps, not change the model).
     """
     device = resolve_device(config.device)
-    ctx = ctx or init_distributed(device.type)
+    if ctx is not None:
+        return _train(config, resume, given, ctx, device)
+    with process_group(device.type) as group:
+        return _train(config, resume, given, group, device)
+
+
+def _train(config: TrainConfig, resume: str | None, given: dict[str, Any] | None, ctx: Distributed,
+           device: torch.device) -> TrainResult:
     if device.type == "cuda" and ctx.enabled:
         device = torch.device("cuda", ctx.local_rank)
 
