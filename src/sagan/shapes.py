@@ -53,7 +53,7 @@ def render(index: int, resolution: int, seed: int = 0) -> tuple[np.ndarray, int]
     y, x = np.meshgrid(axis, axis, indexing="ij")
     if rng.random() < 0.5:  # mirror across the horizontal centre line instead: swap the roles of x and y
         x, y = y, x
-    size = rng.uniform(0.27, 0.4)
+    size = rng.uniform(0.32, 0.45)  # radius 5 to 7 pixels at 32: big enough for corners and points
     cx = -rng.uniform(size + 0.06, 0.96 - size)  # left half; the mirror copy lands in the right half
     cy = rng.uniform(-0.92 + size, 0.92 - size)
     theta = rng.uniform(0, 2 * np.pi)
