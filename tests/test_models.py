@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -109,6 +111,31 @@ def test_conditional_generator_depends_on_class():
         z = torch.randn(1, G.z_dim).repeat(2, 1)
         a, b = G(z, torch.tensor([0, 3]))
         assert (a - b).abs().mean() > 1e-3, kwargs
+
+
+def test_class_gains_under_spectral_norm_have_a_learnt_strength():
+    """SN fixes each class row of the gain table at norm ~1; a learnt scale sets how far the class moves BN."""
+    from sagan.layers import ConditionalBatchNorm2d
+    from sagan.spectral import apply_spectral_norm
+
+    c = 64
+    cbn = apply_spectral_norm(ConditionalBatchNorm2d(c, num_classes=2))
+    rows = torch.ones(2, c)
+    rows[1, c // 2 :] = -1  # orthogonal rows of norm 1 after the division: both singular values are 1
+    with torch.no_grad():
+        for table in (cbn.gain, cbn.bias):
+            table.parametrizations.weight.original.copy_(rows / c**0.5)
+    x = torch.randn(256, c, 2, 2)
+    y = torch.zeros(256, dtype=torch.long)
+    # s = 1 at init: SN alone allows gains of 1 + 1/sqrt(C) and biases of 1/sqrt(C) per channel
+    torch.testing.assert_close(cbn(x, y).std((0, 2, 3)), torch.full((c,), 1 + c**-0.5), rtol=0.05, atol=0)
+    with torch.no_grad():
+        cbn.log_scale.fill_(0.5 * math.log(c))  # s = sqrt(C): gain 2 and bias 1 on every channel
+    out = cbn(x, y)
+    torch.testing.assert_close(out.std((0, 2, 3)), torch.full((c,), 2.0), rtol=0.05, atol=0)
+    torch.testing.assert_close(out.mean((0, 2, 3)), torch.full((c,), 1.0), rtol=0, atol=0.05)
+    out.square().mean().backward()
+    assert cbn.log_scale.grad is not None and cbn.log_scale.grad.abs() > 0
 
 
 def test_hinge_step_moves_discriminator_the_right_way():
