@@ -56,7 +56,7 @@ def render(index: int, resolution: int, seed: int = 0) -> tuple[np.ndarray, int]
     size = rng.uniform(0.32, 0.45)  # radius 5 to 7 pixels at 32: big enough for corners and points
     cx = -rng.uniform(size + 0.06, 0.96 - size)  # left half; the mirror copy lands in the right half
     cy = rng.uniform(-0.92 + size, 0.92 - size)
-    theta = rng.uniform(0, 2 * np.pi)
+    theta = rng.uniform(-0.35, 0.35)  # near the canonical pose (+-20 degrees): one look per class and mirror axis
     cos, sin = np.cos(theta), np.sin(theta)
     pixel = 2.0 / resolution
 
