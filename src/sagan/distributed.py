@@ -71,15 +71,16 @@ def fresh_namespace(store: dist.Store, rank: int, world_size: int,
     if rank == 0:
         store.set("sagan/round", me)
         pending = set(range(1, world_size))
-        while pending:
+        while True:
             for r in sorted(pending):
                 if store.check([f"sagan/{me}/rank{r}"]):
                     store.set(f"sagan/ack/{store.get(f'sagan/{me}/rank{r}').decode()}", me)
                     pending.discard(r)
-            if pending and time.monotonic() > deadline:
+            if not pending:
+                return dist.PrefixStore(f"sagan/{me}/", store)
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"ranks {sorted(pending)} did not join within {timeout}; check that every node started")
-            time.sleep(poll_s if pending else 0)
-        return dist.PrefixStore(f"sagan/{me}/", store)
+            time.sleep(poll_s)
     joined = None
     while True:
         if store.check(["sagan/round"]):
