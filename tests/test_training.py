@@ -57,6 +57,32 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert steps == [2, 3, 4, 6]  # the first leg's final line, then the resumed ones; nothing twice
 
 
+def test_lr_decay_falls_linearly_to_zero_over_the_final_fraction():
+    from sagan.training import lr_factor
+
+    assert [lr_factor(s, 10, 0.5) for s in range(10)] == pytest.approx([1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2])
+    assert [lr_factor(s, 10, 0.0) for s in range(10)] == [1.0] * 10
+    assert [lr_factor(s, 4, 1.0) for s in range(4)] == pytest.approx([1, 0.75, 0.5, 0.25])
+
+
+def test_a_decaying_run_resumes_on_its_schedule(tmp_path):
+    common = TINY + ["--steps", "6", "--checkpoint-every", "3", "--sample-every", "100", "--lr-decay", "0.5",
+                     "--lr-g", "3e-4", "--lr-d", "5e-4"]
+    assert main(["train", "--out", str(tmp_path / "straight")] + common) == 0
+    _, state = load_latest(tmp_path / "straight")
+    # the last step (5 of 0..5) ran at 1/3 of the rates: (6 - 5) / (0.5 * 6)
+    assert state["opt_G"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert state["opt_D"]["param_groups"][0]["lr"] == pytest.approx(5e-4 / 3)
+    # Interrupted after step 3: only the first checkpoint survives; resuming must follow the same schedule.
+    assert main(["train", "--out", str(tmp_path / "cut")] + common) == 0
+    (tmp_path / "cut" / "checkpoint-00000006.pt").unlink()
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "cut")
+    for part in a:
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+
+
 def test_resume_refuses_flags_that_change_the_model(tiny_run, capsys):
     assert main(["train", "--resume", tiny_run, "--resolution", "64"]) == 2
     err = capsys.readouterr().err.strip()

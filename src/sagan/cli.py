@@ -97,6 +97,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     a("--loss", choices=["hinge", "nonsaturating", "wasserstein"], help="GAN loss (default hinge)")
     a("--lr-g", type=positive_float, help="generator learning rate (default: 1e-4 on GPU, 2e-4 on CPU)")
     a("--lr-d", type=positive_float, help="discriminator learning rate (default 4e-4)")
+    a("--lr-decay", type=unit_interval, help="final fraction of the run over which both rates fall linearly to 0 "
+      "(default 0: constant, as in the paper)")
     a("--beta1", type=unit_interval, help="Adam beta1 (default 0)")
     a("--beta2", type=unit_interval, help="Adam beta2 (default 0.9)")
     a("--d-steps", type=positive_int, help="D steps per G step (default 1)")

@@ -92,6 +92,7 @@ class TrainConfig:
     loss: str = "hinge"
     lr_g: float | None = None  # two-timescale update rule (Heusel et al. 2017): SAGAN's 1e-4 G, 4e-4 D
     lr_d: float = 4e-4
+    lr_decay: float = 0.0  # final fraction of the run over which both rates fall linearly to 0 (0: constant, the paper's)
     beta1: float = 0.0
     beta2: float = 0.9
     d_steps: int = 1
@@ -128,6 +129,15 @@ class TrainConfig:
         return [f.name for f in fields(cls)]
 
 
+def lr_factor(step: int, steps: int, decay: float) -> float:
+    """The learning-rate multiplier at `step` (0-based): 1, then falling linearly to 0 over the last
+    `decay` fraction of the run (as SNGAN's projection-discriminator code does). A function of the step
+    alone, so a resumed run follows the same schedule."""
+    if decay <= 0:
+        return 1.0
+    return min(1.0, (steps - step) / (decay * steps))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -154,6 +164,8 @@ def resolve(config: TrainConfig, device: torch.device) -> tuple[TrainConfig, str
         c.num_workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
     if c.out is None:
         c.out = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    if not 0 <= c.lr_decay <= 1:
+        raise ValueError(f"--lr-decay {c.lr_decay} must be a fraction of the run in [0, 1] (0 keeps the rates constant)")
     for name in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "d_steps", "ch", "z_dim"):
         if getattr(c, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(c, name)} must be at least 1")
@@ -412,6 +424,10 @@ def _train(config: TrainConfig, resume: str | None, given: dict[str, Any] | None
 
     with _StopRequest() as stop:
         while step < config.steps:
+            factor = lr_factor(step, config.steps, config.lr_decay)
+            for opt, lr in ((opt_g, config.lr_g), (opt_d, config.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = lr * factor
             for _ in range(config.d_steps):  # -- D step: hinge on real vs fake, one forward for both
                 real, y_real = next(batches)
                 real = real.to(device, memory_format=memory_format, non_blocking=True)
