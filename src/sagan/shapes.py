@@ -67,11 +67,9 @@ def render(index: int, resolution: int, seed: int = 0) -> tuple[np.ndarray, int]
 
     mask = np.maximum(coverage(x), coverage(-x))[..., None]  # the shape and its mirror image
     colour = _hsv_to_rgb(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0))
-    dark = rng.random() < 0.7  # mostly dark backgrounds; some light ones with a darker shape
-    if not dark:
-        colour = colour * 0.45
-    ends = [_hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.7), rng.uniform(0.05, 0.35) if dark else rng.uniform(0.8, 1.0))
-            for _ in range(2)]
+    # A bright shape over a dark gradient of any two hues. (A share of light backgrounds with dark
+    # shapes made short CPU runs smear whole classes into that second look: see the README.)
+    ends = [_hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.7), rng.uniform(0.05, 0.35)) for _ in range(2)]
     phi = rng.uniform(0, 2 * np.pi)
     t = ((np.cos(phi) * x + np.sin(phi) * y) / 2.0 + 0.5)[..., None]
     background = ends[0] * (1 - t) + ends[1] * t
