@@ -45,15 +45,19 @@ def _weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {k: state[k] for k in ("G", "D", "G_ema")} | {"opt_D": state["opt_D"]["state"][0]}
 
 
+def _assert_same_weights(run_a: Path, run_b: Path) -> None:
+    a, b = _weights(run_a), _weights(run_b)
+    for part in a:
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+
+
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     common = TINY + ["--checkpoint-every", "3", "--sample-every", "100"]
     assert main(["train", "--steps", "6", "--out", str(tmp_path / "straight")] + common) == 0
     assert main(["train", "--steps", "3", "--out", str(tmp_path / "split")] + common) == 0
     assert main(["train", "--resume", str(tmp_path / "split"), "--steps", "6", "--quiet"]) == 0
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
-    for part in a:
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    _assert_same_weights(tmp_path / "straight", tmp_path / "split")
     steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 3, 4, 6]  # the first leg's final line, then the resumed ones; nothing twice
 
@@ -78,10 +82,7 @@ def test_a_decaying_run_resumes_on_its_schedule(tmp_path):
     shutil.copytree(tmp_path / "straight", tmp_path / "cut")
     (tmp_path / "cut" / "checkpoint-00000006.pt").unlink()
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
-    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "cut")
-    for part in a:
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    _assert_same_weights(tmp_path / "straight", tmp_path / "cut")
 
 
 def test_resume_refuses_flags_that_change_the_model(tiny_run, capsys):
