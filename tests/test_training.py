@@ -17,6 +17,7 @@ from PIL import Image
 
 from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_latest
 from sagan.cli import main
+from sagan.models import Discriminator
 
 TINY = ["--batch-size", "8", "--ch", "8", "--quiet", "--data-size", "64", "--sample-count", "12", "--log-every", "2"]
 
@@ -83,6 +84,45 @@ def test_a_decaying_run_resumes_on_its_schedule(tmp_path):
     (tmp_path / "cut" / "checkpoint-00000006.pt").unlink()
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
     _assert_same_weights(tmp_path / "straight", tmp_path / "cut")
+
+
+def test_d_width_follows_g_width_unless_both_are_left_to_the_cpu_table():
+    from sagan.training import CPU_DEFAULTS, TrainConfig, resolve
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # resolve only reads the device's type
+    widths = lambda device, **kw: (lambda c: (c.ch, c.ch_d))(resolve(TrainConfig(**kw), device)[0])  # noqa: E731
+    assert widths(cpu) == (CPU_DEFAULTS["ch"], CPU_DEFAULTS["ch_d"]) and CPU_DEFAULTS["ch_d"] > CPU_DEFAULTS["ch"]
+    assert widths(cpu, ch=32) == (32, 32)  # a width the user picked is not paired with the table's D
+    assert widths(cpu, ch_d=40) == (CPU_DEFAULTS["ch"], 40)
+    assert widths(gpu) == (64, 64) and widths(gpu, ch=8, ch_d=12) == (8, 12)
+    assert "picked ch=16, ch_d=24" in resolve(TrainConfig(), cpu)[1]
+
+
+def test_a_wider_d_is_saved_rebuilt_and_kept_on_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--out", str(run), "--ch-d", "12", "--checkpoint-every", "2"] + TINY) == 0
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert (model["generator"]["ch"], model["discriminator"]["ch"]) == (8, 12)
+    _, state = load_latest(run)
+    shapes = lambda weights: {k: v.shape for k, v in weights.items()}  # noqa: E731
+    assert shapes(state["D"]) == shapes(Discriminator(32, num_classes=6, ch=12).state_dict())
+    assert main(["train", "--resume", str(run), "--ch-d", "16"]) == 2
+    assert "trained with ch_d=12; --ch-d 16 conflicts" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--steps", "3", "--quiet"]) == 0
+    _, state = load_latest(run)
+    assert state["step"] == 3 and state["config"]["ch_d"] == 12
+
+
+def test_a_run_saved_before_ch_d_existed_resumes_with_d_as_wide_as_g(tiny_run, tmp_path):
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run, run)
+    for path in list_checkpoints(run):
+        state = load_checkpoint(path)
+        del state["config"]["ch_d"]
+        torch.save(state, path)
+    assert main(["train", "--resume", str(run), "--steps", "7", "--quiet"]) == 0
+    _, state = load_latest(run)
+    assert state["step"] == 7 and state["config"]["ch_d"] == state["config"]["ch"] == 8
 
 
 def test_resume_refuses_flags_that_change_the_model(tiny_run, capsys):

@@ -42,14 +42,16 @@ from .models import Discriminator, Generator
 from .sampling import sample_labels, sample_noise
 from .viz import save_grid
 
-#: What `sagan train` with no flags picks on a CPU: a width, batch and length that a 2-core laptop
+#: What `sagan train` with no flags picks on a CPU: widths, batch and length that a 2-core laptop
 #: finishes in about 15 minutes, and a G learning rate twice the paper's (a 1:2 instead of 1:4
 #: two-timescale ratio), which learned visibly faster in these short runs. Many small steps beat
 #: fewer large ones here (batch 16 x 4600 steps vs 32 x 2400 in the same time: more varied
-#: samples). Measured on 2 cores: 13 min 35 s (README, "What the first run shows").
-CPU_DEFAULTS = dict(ch=16, batch_size=16, steps=4600, lr_g=2e-4)
+#: samples). D is half again as wide as G: at equal widths the narrow D let the harder classes
+#: (circles, stars) blur into blobs; the wider one costs ~13% images/s. Timings: README, "What
+#: the first run shows".
+CPU_DEFAULTS = dict(ch=16, ch_d=24, batch_size=16, steps=4600, lr_g=2e-4)
 #: On a GPU: the preset's width and the paper's recipe, for a length in the range of its runs.
-GPU_DEFAULTS = dict(ch=64, batch_size=64, steps=100_000, lr_g=1e-4)
+GPU_DEFAULTS = dict(ch=64, ch_d=64, batch_size=64, steps=100_000, lr_g=1e-4)
 
 
 @dataclass
@@ -84,7 +86,8 @@ class TrainConfig:
     steps: int | None = None  # None: CPU_DEFAULTS / GPU_DEFAULTS
     batch_size: int | None = None  # per process; the effective batch is batch_size * number of processes
     out: str | None = None
-    ch: int | None = None
+    ch: int | None = None  # G's base width
+    ch_d: int | None = None  # D's base width; None: the table's when ch is also left to it, else ch
     z_dim: int = 128
     conditional: bool | None = None  # None: conditional when the data has labels
     attention_g: list[int] | None = None
@@ -121,7 +124,7 @@ class TrainConfig:
     inception_weights: str | None = None
 
     #: Fields that define the model and the data it learns: a resumed run must keep them.
-    FIXED_ON_RESUME = ("data", "resolution", "batch_size", "ch", "z_dim", "conditional", "attention_g", "attention_d",
+    FIXED_ON_RESUME = ("data", "resolution", "batch_size", "ch", "ch_d", "z_dim", "conditional", "attention_g", "attention_d",
                        "loss", "d_steps", "seed", "data_size")
 
     @classmethod
@@ -154,6 +157,8 @@ def resolve(config: TrainConfig, device: torch.device) -> tuple[TrainConfig, str
     """Fill the None fields for this device; return the config and a line saying what was picked."""
     c = TrainConfig(**asdict(config))
     picked = []
+    if c.ch is not None and c.ch_d is None:
+        c.ch_d = c.ch  # a width the user chose sets both nets; the CPU table's wider D goes with its own ch
     for name, value in (CPU_DEFAULTS if device.type == "cpu" else GPU_DEFAULTS).items():
         if getattr(c, name) is None:
             setattr(c, name, value)
@@ -166,7 +171,7 @@ def resolve(config: TrainConfig, device: torch.device) -> tuple[TrainConfig, str
         c.out = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     if not 0 <= c.lr_decay <= 1:
         raise ValueError(f"--lr-decay {c.lr_decay} must be a fraction of the run in [0, 1] (0 keeps the rates constant)")
-    for name in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "d_steps", "ch", "z_dim"):
+    for name in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "d_steps", "ch", "ch_d", "z_dim"):
         if getattr(c, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(c, name)} must be at least 1")
     where = "on the CPU (a 2-core machine: about 15 minutes)" if device.type == "cpu" else f"on {device}"
@@ -182,7 +187,7 @@ def build_networks(model_config: dict[str, Any]) -> tuple[Generator, Discriminat
 def _new_networks(c: TrainConfig, num_classes: int) -> tuple[Generator, Discriminator]:
     """Fresh nets for a new run; their .config (resolved attention lists included) is what gets saved."""
     G = Generator(resolution=c.resolution, z_dim=c.z_dim, num_classes=num_classes, ch=c.ch, attention=c.attention_g)
-    D = Discriminator(resolution=c.resolution, num_classes=num_classes, ch=c.ch, attention=c.attention_d)
+    D = Discriminator(resolution=c.resolution, num_classes=num_classes, ch=c.ch_d, attention=c.attention_d)
     return G, D
 
 
