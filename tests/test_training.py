@@ -90,7 +90,11 @@ def test_d_width_follows_g_width_unless_both_are_left_to_the_cpu_table():
     from sagan.training import CPU_DEFAULTS, TrainConfig, resolve
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")  # resolve only reads the device's type
-    widths = lambda device, **kw: (lambda c: (c.ch, c.ch_d))(resolve(TrainConfig(**kw), device)[0])  # noqa: E731
+
+    def widths(device: torch.device, **given: int) -> tuple[int, int]:
+        config, _ = resolve(TrainConfig(**given), device)
+        return config.ch, config.ch_d
+
     assert widths(cpu) == (CPU_DEFAULTS["ch"], CPU_DEFAULTS["ch_d"]) and CPU_DEFAULTS["ch_d"] > CPU_DEFAULTS["ch"]
     assert widths(cpu, ch=32) == (32, 32)  # a width the user picked is not paired with the table's D
     assert widths(cpu, ch_d=40) == (CPU_DEFAULTS["ch"], 40)
