@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, {bench_dir!r})
 from attention import rss_growth
 from sagan.training import TrainConfig, train
-config = TrainConfig(**json.loads({config!r}))
+config = TrainConfig.create(**json.loads({config!r}))
 cuda = torch.cuda.is_available()
 if cuda:
     torch.cuda.reset_peak_memory_stats()

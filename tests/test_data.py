@@ -84,11 +84,16 @@ def test_class_subfolders_give_labels_and_corrupt_files_are_counted(tmp_path):
     (tmp_path / "cats" / "notes.txt").write_text("not an image")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = build_dataset(str(tmp_path), 8)
+        data = build_dataset(str(tmp_path), 8)  # listing opens no file: broken ones are found when read
+        assert data.classes == ["cats", "dogs"] and len(data) == 5 and not caught
+        first = [data[i] for i in range(5)]
+        again = [data[i] for i in range(5)]
     messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and "skipped 2 unreadable image file(s) of 5" in messages[0]
-    assert data.classes == ["cats", "dogs"] and len(data) == 3
-    assert sorted(data[i][1] for i in range(3)) == [0, 1, 1]
+    assert len(messages) == 1 and "skipping an unreadable image" in messages[0]  # reported once
+    assert len(data.unreadable) == 2  # counted
+    # each broken file is replaced by the next readable one in the listing, the same one every time
+    assert all(torch.equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(first, again))
+    assert [label for _, label in first] == [0, 1, 1, 1, 1]  # cats/a, cats/empty -> dogs/b, dogs/b, broken -> c, c
 
 
 def test_folder_errors(tmp_path):

@@ -38,7 +38,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out: str, kwargs: dict) -
     torch.set_num_threads(1)
     from sagan.training import TrainConfig, train
 
-    result = train(TrainConfig(**kwargs))
+    result = train(TrainConfig.create(**kwargs))
     torch.save({"G": result.G.state_dict(), "D": result.D.state_dict(), "G_ema": result.G_ema.state_dict()},
                Path(out) / f"rank{rank}.pt")
     assert not dist.is_initialized()  # train() made the group, so train() destroys it
@@ -54,7 +54,7 @@ def test_two_ranks_agree_with_each_other_and_with_one_process_of_the_same_total_
 
     from sagan.training import TrainConfig, train
 
-    single = train(TrainConfig(**dict(SMALL, batch_size=8, out=str(tmp_path / "single"))))
+    single = train(TrainConfig.create(**dict(SMALL, batch_size=8, out=str(tmp_path / "single"))))
     moved = 0.0
     for net, module in (("G", single.G), ("D", single.D)):
         state = module.state_dict()

@@ -87,19 +87,19 @@ def test_a_decaying_run_resumes_on_its_schedule(tmp_path):
 
 
 def test_d_width_follows_g_width_unless_both_are_left_to_the_cpu_table():
-    from sagan.training import CPU_DEFAULTS, TrainConfig, resolve
+    from sagan.config import DEVICE_DEFAULTS, TrainConfig
 
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")  # resolve only reads the device's type
+    cpu_table = DEVICE_DEFAULTS["cpu"]
 
-    def widths(device: torch.device, **given: int) -> tuple[int, int]:
-        config, _ = resolve(TrainConfig(**given), device)
-        return config.ch, config.ch_d
+    def widths(device_type: str, **given: int) -> tuple[int, int]:
+        config, _ = TrainConfig.create(**given).resolved(device_type)
+        return config.model.ch, config.model.ch_d
 
-    assert widths(cpu) == (CPU_DEFAULTS["ch"], CPU_DEFAULTS["ch_d"]) and CPU_DEFAULTS["ch_d"] > CPU_DEFAULTS["ch"]
-    assert widths(cpu, ch=32) == (32, 32)  # a width the user picked is not paired with the table's D
-    assert widths(cpu, ch_d=40) == (CPU_DEFAULTS["ch"], 40)
-    assert widths(gpu) == (64, 64) and widths(gpu, ch=8, ch_d=12) == (8, 12)
-    assert "picked ch=16, ch_d=24" in resolve(TrainConfig(), cpu)[1]
+    assert widths("cpu") == (cpu_table["ch"], cpu_table["ch_d"]) and cpu_table["ch_d"] > cpu_table["ch"]
+    assert widths("cpu", ch=32) == (32, 32)  # a width the user picked is not paired with the table's D
+    assert widths("cpu", ch_d=40) == (cpu_table["ch"], 40)
+    assert widths("cuda") == (64, 64) and widths("cuda", ch=8, ch_d=12) == (8, 12)
+    assert "ch=16" in TrainConfig().resolved("cpu")[1] and "ch_d=24" in TrainConfig().resolved("cpu")[1]
 
 
 def test_a_wider_d_is_saved_rebuilt_and_kept_on_resume(tmp_path, capsys):
@@ -114,19 +114,23 @@ def test_a_wider_d_is_saved_rebuilt_and_kept_on_resume(tmp_path, capsys):
     assert "trained with ch_d=12; --ch-d 16 conflicts" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--steps", "3", "--quiet"]) == 0
     _, state = load_latest(run)
-    assert state["step"] == 3 and state["config"]["ch_d"] == 12
+    assert state["step"] == 3 and state["config"]["model"]["ch_d"] == 12
 
 
 def test_a_run_saved_before_ch_d_existed_resumes_with_d_as_wide_as_g(tiny_run, tmp_path):
     run = tmp_path / "old"
     shutil.copytree(tiny_run, run)
-    for path in list_checkpoints(run):
+    for path in list_checkpoints(run):  # written as format 1 did: one flat config, no ch_d in it
         state = load_checkpoint(path)
-        del state["config"]["ch_d"]
+        model = state["config"].pop("model")
+        flat = {**state["config"], **model}
+        del flat["ch_d"], flat["num_classes"], flat["threads"]
+        flat["amp"] = None
+        state["config"], state["format_version"] = flat, 1
         torch.save(state, path)
     assert main(["train", "--resume", str(run), "--steps", "7", "--quiet"]) == 0
     _, state = load_latest(run)
-    assert state["step"] == 7 and state["config"]["ch_d"] == state["config"]["ch"] == 8
+    assert state["step"] == 7 and state["config"]["model"]["ch_d"] == state["config"]["model"]["ch"] == 8
 
 
 def test_resume_refuses_flags_that_change_the_model(tiny_run, capsys):

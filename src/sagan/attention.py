@@ -29,6 +29,21 @@ from .spectral import add_spectral_norm
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _SHAPE_NAME = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
+_FUSED_DEFAULT = True
+
+
+def use_fused_attention() -> bool:
+    """The path that blocks built with `fused=None` take: the fused kernel unless switched off."""
+    return _FUSED_DEFAULT
+
+
+def set_fused_attention(enable: bool) -> None:
+    """Switch the default of blocks built from now on (tests and benchmarks compare the two paths).
+
+    Blocks already built keep their path; pass `fused=` to one block to choose for it alone.
+    """
+    global _FUSED_DEFAULT
+    _FUSED_DEFAULT = bool(enable)
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -58,6 +73,7 @@ class _SelfAttentionNd(nn.Module):
         pool: int = 1,
         bias: bool = True,
         spectral_norm: bool = False,
+        fused: bool | None = None,
     ) -> None:
         super().__init__()
         channels = _positive_int("channels", channels)
@@ -82,7 +98,7 @@ class _SelfAttentionNd(nn.Module):
         self.out = conv(self.value_channels, channels, 1, bias=bias)  # v
         self.gamma = nn.Parameter(torch.zeros(1))
         #: True: fused SDPA kernel, linear memory. False: explicit bmm + softmax (reference).
-        self.fused = True
+        self.fused = use_fused_attention() if fused is None else bool(fused)
         if spectral_norm:
             for layer in (self.query, self.key, self.value, self.out):
                 add_spectral_norm(layer)
@@ -204,6 +220,8 @@ class SelfAttention2d(_SelfAttentionNd):
             (``ceil_mode``): every position is seen.
         bias: 1x1 convs with bias (paper's text: True; official TF code: False).
         spectral_norm: wrap the four convs in spectral norm, as SAGAN does in G and D.
+        fused: True for the fused SDPA kernel (linear memory), False for the explicit bmm + softmax
+            reference path (N x N memory); None takes :func:`use_fused_attention` at construction.
 
     The official TF / BigGAN variant is ``SelfAttention2d(C, value_reduction=2, pool=2, bias=False)``.
 

@@ -1,26 +1,32 @@
-"""Checkpoints: atomic save, safe load (no code runs), fallback past broken files, pruning.
+"""Checkpoints: the `TrainState` schema, atomic save, safe load (no code runs), fallback past broken files.
 
 A run directory holds `checkpoint-<step>.pt` files. Each is written to a temporary file and
 renamed into place, and older ones are deleted only after the new one is complete, so a crash
 at any moment leaves at least one loadable checkpoint. Loading uses `torch.load(weights_only=True)`:
-a file that holds anything but tensors and plain data is refused without running it.
+a file that holds anything but tensors and plain data is refused without running it. What a file
+claims (its config) is validated, and checked against its tensors' shapes on the meta device,
+before any network is allocated.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .files import atomic_write
+from .config import ConfigError, ModelConfig, TrainConfig
+from .files import atomic_write, describe_write_error
 
-#: Bumped when the checkpoint layout changes; other versions are refused with a clear message.
-FORMAT_VERSION = 1
+#: Bumped when the checkpoint layout changes. Format 1 (a flat config) is still read.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CHECKPOINT_GLOB = "checkpoint-*.pt"
 _STEP = re.compile(r"checkpoint-(\d+)\.pt$")
 REQUIRED_KEYS = ("format_version", "step", "config", "model_config", "G", "D", "G_ema")
@@ -45,10 +51,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     try:
         atomic_write(path, lambda fh: torch.save(state, fh))
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
         raise CheckpointError(
-            f"could not write checkpoint {path}: {err.strerror or err}; free disk space or fix the folder's "
-            f"permissions (earlier checkpoints in {path.parent} are intact)"
+            f"could not write checkpoint {path}: {describe_write_error(err)}; free disk space in {path.parent} or fix "
+            f"its permissions (earlier checkpoints in {path.parent} are intact)"
         ) from None
 
 
@@ -60,7 +66,7 @@ def prune_checkpoints(run_dir: str | Path, keep: int, protect: Path | None = Non
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU without executing anything in it; validate its layout."""
+    """Read a checkpoint onto the CPU without executing anything in it; check its layout and version."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -75,11 +81,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as err:  # torch raises RuntimeError, EOFError, zip errors... for damaged files
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(err).__name__}); use an earlier checkpoint") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
-        raise CheckpointError(f"{path} is not a sagan training checkpoint (missing {[k for k in REQUIRED_KEYS if k not in (state if isinstance(state, dict) else {})]})")
-    if state["format_version"] != FORMAT_VERSION:
+        missing = [k for k in REQUIRED_KEYS if k not in (state if isinstance(state, dict) else {})]
+        raise CheckpointError(f"{path} is not a sagan training checkpoint (missing {missing})")
+    if state["format_version"] not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path} has checkpoint format {state['format_version']}, this sagan reads format {FORMAT_VERSION}; "
-            f"use the sagan version that wrote it"
+            f"{path} has checkpoint format {state['format_version']!r}, this sagan reads formats "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; use the sagan version that wrote it"
         )
     return state
 
@@ -109,32 +116,146 @@ def resolve_checkpoint(run_or_file: str | Path) -> tuple[Path, dict[str, Any]]:
     return target, load_checkpoint(target)
 
 
+_GENERATOR_EXTRAS = {"shared_embedding": False, "hierarchical_z": False, "embed_dim": 128}
+
+
+def generator_config_of(g: Any, source: str) -> ModelConfig:
+    """The ModelConfig of a generator's own config dict (`Generator.config`, as checkpoints and exports hold it)."""
+    if not isinstance(g, dict):
+        raise CheckpointError(f"{source}: the generator's config is a {type(g).__name__}, not a mapping")
+    g = dict(g)
+    if any(g.pop(k, v) != v for k, v in _GENERATOR_EXTRAS.items()):
+        raise CheckpointError(f"{source}: a generator with {_GENERATOR_EXTRAS} changed is not one sagan trains")
+    renamed = {"attention": "attention_g"}
+    try:
+        model = ModelConfig.from_dict({renamed.get(k, k): v for k, v in g.items()}, source)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    if model.ch is None or model.num_classes is None:
+        raise CheckpointError(f"{source}: the generator's config lacks its width or number of classes")
+    return model
+
+
+def nets_config(model: ModelConfig) -> dict[str, dict[str, Any]]:
+    """What the nets' own `.config` dicts hold, for a resolved ModelConfig (attention lists filled in)."""
+    return {"generator": {**model.generator_kwargs(), **_GENERATOR_EXTRAS}, "discriminator": model.discriminator_kwargs()}
+
+
+def model_config_of(nets: Any, source: str) -> ModelConfig:
+    """The ModelConfig that a checkpoint's `model_config` ({"generator": ..., "discriminator": ...}) describes."""
+    if not isinstance(nets, dict) or not isinstance(nets.get("discriminator"), dict):
+        raise CheckpointError(f"{source}: its model_config is not a mapping with 'generator' and 'discriminator'")
+    model, d = generator_config_of(nets.get("generator"), source), nets["discriminator"]
+    if set(d) != {"resolution", "num_classes", "ch", "attention"} or (d["resolution"], d["num_classes"]) != (
+            model.resolution, model.num_classes):
+        raise CheckpointError(f"{source}: the discriminator's config {d} does not match the generator's")
+    try:
+        model.ch_d, model.attention_d = d["ch"], d["attention"]
+        return ModelConfig.from_dict(vars(model), source)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def check_shapes(state: dict[str, Any], expected: dict[str, tuple[int, ...]], path: str | Path, what: str) -> None:
+    """The tensors of a state dict against the shapes the config's network has (found without allocating)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: its {what} weights are not a mapping of tensors")
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        wrong = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
+        raise CheckpointError(
+            f"{path}: its {what} weights do not fit the networks built from its config ({len(wrong)} tensor(s) differ, "
+            f"first {wrong[0]}: {got.get(wrong[0])} vs {expected.get(wrong[0])}); "
+            f"the file was written by another config or version of sagan"
+        )
+
+
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
     """load_state_dict with a one-line error when the checkpoint was made for other networks."""
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())[:200]
-        raise CheckpointError(
-            f"{path}: its {what} weights do not fit the networks built from its config ({detail}); "
-            f"the file was written by another config or version of sagan"
-        ) from None
+    check_shapes(state, {k: tuple(v.shape) for k, v in module.state_dict().items()}, path, what)
+    module.load_state_dict(state)
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue: the checkpoint schema, saved and validated in one place.
+
+    `config` is resolved (no None widths, batch, steps); `rng` holds the global CPU generator, the
+    training noise generator and, where there is one, the CUDA generator.
+    """
+
+    config: TrainConfig
+    classes: list[str]
+    step: int
+    data_position: int
+    G: dict[str, torch.Tensor]
+    D: dict[str, torch.Tensor]
+    G_ema: dict[str, torch.Tensor]
+    opt_G: dict[str, Any]
+    opt_D: dict[str, Any]
+    rng: dict[str, torch.Tensor]
+    best_fid: float = math.inf
+    scaler: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        from . import __version__
+
+        nets = nets_config(self.config.model)
+        return {"format_version": FORMAT_VERSION, "sagan_version": __version__, "step": self.step,
+                "data_position": self.data_position, "config": asdict(self.config), "model_config": nets,
+                "classes": self.classes, "G": self.G, "D": self.D, "G_ema": self.G_ema, "opt_G": self.opt_G,
+                "opt_D": self.opt_D, "rng": self.rng, "best_fid": self.best_fid, "scaler": self.scaler}
+
+    def save(self, path: str | Path) -> Path:
+        save_checkpoint(self.to_dict(), path)
+        return Path(path)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any], path: str | Path) -> "TrainState":
+        """Validate a loaded checkpoint: its config, and every tensor shape against that config."""
+        from .models import Discriminator, Generator, state_shapes
+
+        model = model_config_of(state["model_config"], str(path))
+        try:
+            config = TrainConfig.from_dict(state["config"], str(path))
+        except ConfigError as err:
+            raise CheckpointError(str(err)) from None
+        config.model = model
+        g_shapes = state_shapes(Generator, model.generator_kwargs())
+        for key in ("G", "G_ema"):
+            check_shapes(state[key], g_shapes, path, {"G": "generator", "G_ema": "EMA generator"}[key])
+        check_shapes(state["D"], state_shapes(Discriminator, model.discriminator_kwargs()), path, "discriminator")
+        classes = state.get("classes", [])
+        if not isinstance(classes, list) or len(classes) not in (0, model.num_classes or 0):
+            raise CheckpointError(f"{path}: its class names do not match its {model.num_classes} classes")
+        for key in ("step", "data_position"):
+            if not isinstance(state.get(key, 0), int) or state.get(key, 0) < 0:
+                raise CheckpointError(f"{path}: its {key} is not a non-negative integer")
+        return cls(config, classes, state["step"], state.get("data_position", 0), state["G"], state["D"],
+                   state["G_ema"], state.get("opt_G", {}), state.get("opt_D", {}), state.get("rng", {}),
+                   float(state.get("best_fid", math.inf)), state.get("scaler") or {})
+
+    @classmethod
+    def load(cls, run_or_file: str | Path) -> tuple[Path, "TrainState"]:
+        """The newest loadable checkpoint of a run directory (or one file), validated."""
+        path, state = resolve_checkpoint(run_or_file)
+        return path, cls.from_dict(state, path)
 
 
 def load_generator(run_or_file: str | Path, use_ema: bool = True):
-    """The generator of a checkpoint (its EMA copy by default), in eval mode on the CPU; and the checkpoint."""
-    from .models import Generator  # the nets import nothing from here; keep it that way
+    """The generator of a checkpoint (its EMA copy by default), in eval mode on the CPU; and the TrainState."""
+    from .models import Generator
 
-    path, state = resolve_checkpoint(run_or_file)
-    G = Generator(**state["model_config"]["generator"])
-    load_state(G, state["G_ema" if use_ema else "G"], path, "EMA generator" if use_ema else "generator")
+    path, state = TrainState.load(run_or_file)
+    G = Generator(**state.config.model.generator_kwargs())
+    load_state(G, state.G_ema if use_ema else state.G, path, "EMA generator" if use_ema else "generator")
     return G.eval(), state
 
 
-def discriminator_from(state: dict[str, Any], path: str | Path):
-    """The discriminator held in a loaded checkpoint `state` (read from `path`), in eval mode."""
+def discriminator_from(state: TrainState, path: str | Path):
+    """The discriminator held in a loaded TrainState (read from `path`), in eval mode."""
     from .models import Discriminator
 
-    D = Discriminator(**state["model_config"]["discriminator"])
-    load_state(D, state["D"], path, "discriminator")
+    D = Discriminator(**state.config.model.discriminator_kwargs())
+    load_state(D, state.D, path, "discriminator")
     return D.eval()

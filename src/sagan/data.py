@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
+from .config import MAX_CLASSES
 from .shapes import ShapesDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -61,6 +62,11 @@ class ArrayDataset(Dataset):
             labels = np.asarray(labels)
             if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
                 raise ValueError(f"{source}: labels must be ({len(images)},) non-negative integers, got {labels.shape} {labels.dtype}")
+            if int(labels.max()) >= MAX_CLASSES:
+                raise ValueError(f"{source}: a label of {int(labels.max())} means over {MAX_CLASSES:,} classes; "
+                                 f"number the classes 0, 1, 2, ...")
+            if classes and int(labels.max()) >= len(classes):
+                raise ValueError(f"{source}: a label of {int(labels.max())} but only {len(classes)} class names")
             classes = classes or [str(i) for i in range(int(labels.max()) + 1)]
         self.images, self.labels, self.classes = images, labels, list(classes) if labels is not None else []
         self.transform = _resize_and_crop(resolution)
@@ -77,15 +83,36 @@ class ArrayDataset(Dataset):
         return self.transform(image), int(self.labels[index]) if self.labels is not None else 0
 
 
+def _npy_header(archive: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of one array in an .npz, read from its header before the data is."""
+    with archive.open(f"{name}.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+    return shape, dtype
+
+
 def load_npz(path: str | Path, resolution: int) -> ArrayDataset:
-    """An .npz file with `images` (N, H, W, 3) uint8 and optional `labels` (N,) integers."""
+    """An .npz file with `images` (N, H, W, 3) uint8 and optional `labels` (N,) integers.
+
+    Shapes and dtypes are checked from the arrays' headers before anything is decompressed.
+    """
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "images" not in archive.files:
-                raise ValueError(f"{path} has no 'images' array (it has {archive.files}); save one of shape (N, H, W, 3) uint8")
-            images = archive["images"]
-            labels = archive["labels"] if "labels" in archive.files else None
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        with zipfile.ZipFile(path) as archive:
+            names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
+            if "images" not in names:
+                raise ValueError(f"{path} has no 'images' array (it has {names}); save one of shape (N, H, W, 3) uint8")
+            shape, dtype = _npy_header(archive, "images")
+            if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8:
+                raise ValueError(f"{path}: images must be a (N, H, W, 3) uint8 array, got {shape} {dtype}")
+            if "labels" in names:
+                label_shape, label_dtype = _npy_header(archive, "labels")
+                if label_shape != (shape[0],) or not np.issubdtype(label_dtype, np.integer):
+                    raise ValueError(f"{path}: labels must be ({shape[0]},) integers, got {label_shape} {label_dtype}")
+        with np.load(path, allow_pickle=False) as arrays:
+            images = arrays["images"]
+            labels = arrays["labels"] if "labels" in names else None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as err:
         raise ValueError(f"{path} is not a readable .npz file ({err}); write it with numpy.savez") from None
     return ArrayDataset(images, labels, [], resolution, str(path))
 
@@ -103,25 +130,53 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+#: CIFAR-10's archive: 8 members; a batch of 10,000 images is 30.7 MB unpacked. Larger is not CIFAR-10.
+_CIFAR_MAX_MEMBERS, _CIFAR_MAX_MEMBER_BYTES = 64, 64 * 2**20
+
+
+def _cifar_batch(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str | Path) -> tuple[np.ndarray, list[int]]:
+    """One data batch: (n, 32, 32, 3) uint8 images and n labels, type-checked."""
+    batch = _ArraysOnlyUnpickler(io.BytesIO(tar.extractfile(member).read()), encoding="bytes").load()
+    data = batch.get(b"data") if isinstance(batch, dict) else None
+    labels = batch.get(b"labels") if isinstance(batch, dict) else None
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or not isinstance(labels, list) \
+            or len(labels) != len(data) or not all(type(v) is int and 0 <= v < 10 for v in labels):
+        raise ValueError(f"{archive}: {member.name} is not a CIFAR-10 batch (a dict of 3072-byte rows and labels 0-9)")
+    return data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
 def load_cifar10(archive: str | Path, resolution: int, split: str = "train") -> ArrayDataset:
-    """CIFAR-10 from its standard python archive (cifar-10-python.tar.gz), read without extracting."""
+    """CIFAR-10 from its standard python archive (cifar-10-python.tar.gz), read without extracting.
+
+    The archive is read member by member, with bounds on their number and size, so a hostile file
+    cannot make it inflate gigabytes.
+    """
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     images, labels, classes = [], [], []
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+            members: dict[str, tarfile.TarInfo] = {}
+            for count, member in enumerate(tar):
+                if count >= _CIFAR_MAX_MEMBERS or member.size > _CIFAR_MAX_MEMBER_BYTES:
+                    raise ValueError(f"{archive} is not CIFAR-10's python archive: it has a member of "
+                                     f"{member.size:,} bytes or over {_CIFAR_MAX_MEMBERS} members")
+                if member.isfile():
+                    members[Path(member.name).name] = member
             missing = [n for n in names if n not in members]
             if missing:
                 raise ValueError(f"{archive} is not CIFAR-10's python archive: it lacks {missing}")
             for name in names:
-                batch = _ArraysOnlyUnpickler(io.BytesIO(tar.extractfile(members[name]).read()), encoding="bytes").load()
-                images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-                labels.extend(batch[b"labels"])
+                data, batch_labels = _cifar_batch(tar, members[name], archive)
+                images.append(data)
+                labels.extend(batch_labels)
             if "batches.meta" in members:
                 meta = _ArraysOnlyUnpickler(io.BytesIO(tar.extractfile(members["batches.meta"]).read()), encoding="bytes").load()
-                classes = [c.decode() for c in meta[b"label_names"]]
-    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, KeyError) as err:
-        raise ValueError(f"{archive} is not a readable CIFAR-10 python archive ({err}); download it again") from None
+                names_ = meta.get(b"label_names") if isinstance(meta, dict) else None
+                if isinstance(names_, list) and len(names_) == 10 and all(isinstance(c, bytes) for c in names_):
+                    classes = [c.decode(errors="replace") for c in names_]
+    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, KeyError, AttributeError, TypeError) as err:
+        raise ValueError(f"{archive} is not a readable CIFAR-10 python archive ({type(err).__name__}: {err}); "
+                         f"download it again") from None
     return ArrayDataset(np.concatenate(images), np.asarray(labels, dtype=np.int64), classes, resolution, str(archive))
 
 
@@ -141,10 +196,49 @@ def cifar10_archive(data_dir: Path, download: bool) -> Path:
     return path
 
 
+def _list_images(folder: Path) -> list[Path]:
+    """Image files below `folder` by extension, sorted; directory entries only, no file is opened."""
+    found, stack = [], [folder]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                    found.append(Path(entry.path))
+    return sorted(found)
+
+
+def _pil_to_uint8(im: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 of any PIL image; 16- and 32-bit images are scaled to 8 bits, not clipped."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        wide = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or wide.max(initial=0) <= 65535 else float(2**32 - 1)
+        gray = np.clip(np.rint(wide / top * 255), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode == "F":
+        gray = np.clip(np.rint(np.asarray(im, dtype=np.float64) * 255), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.array(im.convert("RGB"))
+
+
+def load_image(path: str | Path, resolution: int | None = None, transform: v2.Compose | None = None) -> torch.Tensor:
+    """One image file as a (3, R, R) float tensor in [-1, 1] (resized and centre-cropped). ValueError if unreadable."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: a file cut short or with broken data fails here, not later
+            image = torch.from_numpy(_pil_to_uint8(im)).permute(2, 0, 1)
+    except Exception as err:  # PIL's error types for bad files vary by format
+        raise ValueError(f"cannot read image {path} ({type(err).__name__}: {err})") from None
+    return (transform or _resize_and_crop(resolution))(image)
+
+
 class ImageFolderDataset(Dataset):
     """Images in a folder: flat (no labels), or one subfolder per class (labels from folder names).
 
-    Files that cannot be read as images are skipped, with one warning that counts them.
+    Listing reads directory entries only. A file that fails to decode when it is read is replaced by
+    the next readable file in the listing (the same one every time, so a resumed run sees what an
+    uninterrupted one saw), and counted; the first one is reported in a warning.
     Images are resized (shorter side) and centre-cropped to resolution x resolution.
     """
 
@@ -152,30 +246,19 @@ class ImageFolderDataset(Dataset):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist")
-
-        def images_in(folder: Path) -> list[Path]:
-            return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and images_in(d))
-        if class_dirs:
-            self.classes = [d.name for d in class_dirs]
-            candidates = [(p, label) for label, d in enumerate(class_dirs) for p in images_in(d)]
+        class_dirs = sorted(Path(e.path) for e in os.scandir(root) if e.is_dir())
+        per_class = [(d, _list_images(d)) for d in class_dirs]
+        per_class = [(d, files) for d, files in per_class if files]
+        if per_class:
+            self.classes = [d.name for d, _ in per_class]
+            self.samples = [(p, label) for label, (_, files) in enumerate(per_class) for p in files]
         else:
             self.classes = []
-            candidates = [(p, 0) for p in images_in(root)]
-        self.samples, bad = [], []
-        for path, label in candidates:
-            try:
-                with Image.open(path) as im:
-                    im.verify()
-                self.samples.append((path, label))
-            except Exception:  # PIL raises many types for broken files; any of them means "skip"
-                bad.append(path)
-        if bad:
-            warnings.warn(f"skipped {len(bad)} unreadable image file(s) of {len(candidates)} in {root} (first: {bad[0]})")
+            self.samples = [(p, 0) for p in _list_images(root)]
         if not self.samples:
             raise ValueError(f"no readable images in {root}; put {'/'.join(IMAGE_EXTENSIONS)} files in it or in one subfolder per class")
         self.root, self.transform = root, _resize_and_crop(resolution)
+        self.unreadable: set[Path] = set()
 
     @property
     def num_classes(self) -> int:
@@ -185,18 +268,19 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        return self.load_image(path, transform=self.transform), label
+        for offset in range(len(self.samples)):  # bounded: at most one pass over the listing
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            if path in self.unreadable:
+                continue
+            try:
+                return load_image(path, transform=self.transform), label
+            except ValueError as err:
+                if not self.unreadable:
+                    warnings.warn(f"skipping an unreadable image, replaced by the next readable one: {err}; "
+                                  f"further ones are counted at the end")
+                self.unreadable.add(path)
+        raise ValueError(f"no readable images in {self.root}: every one of {len(self.samples)} files failed to decode")
 
-    @staticmethod
-    def load_image(path: str | Path, resolution: int | None = None, transform: v2.Compose | None = None) -> torch.Tensor:
-        """One image file as a (3, R, R) float tensor in [-1, 1] (resized and centre-cropped)."""
-        try:
-            with Image.open(path) as im:
-                image = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-        except Exception as err:  # PIL's error types for bad files vary by format
-            raise ValueError(f"cannot read image {path} ({type(err).__name__}: {err})") from None
-        return (transform or _resize_and_crop(resolution))(image)
 
 
 def build_dataset(

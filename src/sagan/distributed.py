@@ -20,11 +20,20 @@ import torch.distributed.nn.functional as dist_fn
 import torch.nn as nn
 
 
+#: Set to `gloo` to run several processes on one GPU (nccl refuses two ranks on one device).
+BACKEND_ENV = "SAGAN_DIST_BACKEND"
+#: Rank 0 evaluates alone (--eval-every) while the others wait at the next collective: allow for it.
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
+
+
 @dataclass(frozen=True)
 class Distributed:
+    """This process's place in the job, and the device its collectives' tensors live on."""
+
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    device: torch.device = torch.device("cpu")
 
     @property
     def enabled(self) -> bool:
@@ -35,23 +44,28 @@ class Distributed:
         return self.rank == 0
 
 
-def init_distributed(device_type: str) -> Distributed:
-    """Join the process group torchrun describes (if any); pins each rank to its GPU."""
+def init_distributed(device: torch.device) -> Distributed:
+    """Join the process group torchrun describes (if any); pins each rank to its GPU.
+
+    On CUDA the group has a backend for both devices ("cpu:gloo,cuda:nccl"), so a collective on
+    a CPU tensor works too; sagan's own collectives use tensors on the run's device.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return Distributed()
+        return Distributed(device=device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        backend = os.environ.get(BACKEND_ENV) or ("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
         if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
             store, _, _ = next(dist.rendezvous("env://", rank, world_size))
             store = fresh_namespace(store, rank, world_size)
-            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT)
         else:
-            dist.init_process_group(backend)
-    return Distributed(rank, local_rank, world_size)
+            dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
+    return Distributed(rank, local_rank, world_size, device)
 
 
 def fresh_namespace(store: dist.Store, rank: int, world_size: int,
@@ -96,7 +110,7 @@ def fresh_namespace(store: dist.Store, rank: int, world_size: int,
 
 
 @contextmanager
-def process_group(device_type: str) -> Iterator[Distributed]:
+def process_group(device: torch.device) -> Iterator[Distributed]:
     """init_distributed for the span of a with-block, then destroy the group if this block made it.
 
     A process that exits with a live gloo group can abort in its destructor ("terminate called
@@ -104,7 +118,7 @@ def process_group(device_type: str) -> Iterator[Distributed]:
     the group destroys it on every way out: return, exception, or a stop signal.
     """
     owned = not (dist.is_available() and dist.is_initialized())
-    ctx = init_distributed(device_type)
+    ctx = init_distributed(device)
     try:
         yield ctx
     finally:
@@ -116,14 +130,15 @@ def restart_count() -> int:
     """How many times torchrun's elastic agent has restarted this job (0 outside torchrun)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
+def any_rank(flag: bool | torch.Tensor, ctx: Distributed) -> bool:
+    """True on every rank if it is True on any rank (a stop request that reached one process, a NaN).
 
-
-def broadcast_flag(flag: bool, ctx: Distributed) -> bool:
-    """True on every rank if it is True on any rank (e.g. a stop request that reached one process)."""
-    if not ctx.enabled:
-        return flag
-    t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    A collective: every rank must call it at the same point. The tensor lives on the run's device,
+    which is what a GPU backend (nccl) requires.
+    """
+    t = torch.as_tensor(flag, device=ctx.device).to(torch.int32).reshape(1)
+    if ctx.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
 
@@ -157,8 +172,12 @@ class CrossRankBatchNorm2d(nn.BatchNorm2d):
 
 
 def synchronise_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
-    """Make every BatchNorm2d below module compute its statistics over all ranks."""
-    if device_type == "cuda":
+    """Make every BatchNorm2d below module compute its statistics over all ranks.
+
+    torch's SyncBatchNorm where it runs (CUDA tensors over nccl); elsewhere (CPU, or gloo over CUDA
+    tensors) an all-reduce BN that computes the same statistics.
+    """
+    if device_type == "cuda" and "nccl" in str(dist.get_backend()):
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
@@ -168,15 +187,4 @@ def synchronise_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
         else:
             synchronise_batchnorm(child, device_type)
     return module
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The plain module inside DDP and/or torch.compile wrappers."""
-    while True:
-        if isinstance(module, nn.parallel.DistributedDataParallel):
-            module = module.module
-        elif hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        else:
-            return module
 

@@ -13,20 +13,27 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import generator_config_of
 from .files import atomic_write, atomic_write_json
-from .models import Generator
+from .models import Generator, build_generator, state_shapes
 from .spectral import bake_spectral_norm
 
 WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE = "model.safetensors", "config.json", "generator.onnx"
 
 
 def export_generator(G: Generator, out_dir: str | Path, classes: list[str] | None = None, onnx: bool = False) -> list[Path]:
-    """Write G's weights and config to out_dir (atomically); returns the files written."""
+    """Write G's weights and config to out_dir (atomically); returns the files written. Refuses non-finite weights."""
     from safetensors.torch import save
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"the generator has NaN or Inf weights ({len(bad)} tensors, first {bad[0]}); export an earlier checkpoint")
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the export folder {out}: {err.strerror}; pass another --out") from None
     atomic_write(out / WEIGHTS_FILE, lambda fh: fh.write(save(state, metadata={"format": "pt"})))
     atomic_write_json(out / CONFIG_FILE, {"generator": G.config, "classes": classes or []})
     written = [out / WEIGHTS_FILE, out / CONFIG_FILE]
@@ -36,15 +43,35 @@ def export_generator(G: Generator, out_dir: str | Path, classes: list[str] | Non
 
 
 def load_pretrained(folder: str | Path) -> Generator:
-    """A Generator from an exported folder, in eval mode (see `Generator.from_pretrained`)."""
-    from safetensors.torch import load_file
+    """A Generator from an exported folder, in eval mode (see `Generator.from_pretrained`).
+
+    config.json is validated, and the weights' shapes (read from the safetensors header) checked
+    against it, before the network is built; safetensors holds raw tensors only, so nothing runs.
+    """
+    from safetensors import safe_open
 
     folder = Path(folder)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} is missing; make the folder with `sagan export RUN --out {folder}`")
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    G = Generator(**config["generator"])
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{folder / CONFIG_FILE} is not valid JSON ({err}); export the model again") from None
+    model = generator_config_of(config.get("generator") if isinstance(config, dict) else None, str(folder / CONFIG_FILE))
+    try:
+        with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as fh:
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as err:  # safetensors raises its own error type for files that are not its format
+        raise ValueError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file ({err}); export the model again") from None
+    expected = state_shapes(Generator, model.generator_kwargs())
+    if shapes != expected:
+        wrong = sorted(k for k in set(shapes) | set(expected) if shapes.get(k) != expected.get(k))
+        raise ValueError(f"{folder / WEIGHTS_FILE} does not fit the generator its config.json describes "
+                         f"({len(wrong)} tensor(s) differ, first {wrong[0]}); export the model again")
+    from safetensors.torch import load_file
+
+    G = build_generator(model)
     G.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     return G.eval()
 

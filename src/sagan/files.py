@@ -7,6 +7,7 @@ folder, flush it to disk, then `os.replace` it over the target (atomic on POSIX)
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -60,3 +61,50 @@ def remove_stale_temporaries(folder: str | Path) -> int:
             tmp.unlink()
             removed += 1
     return removed
+
+
+def describe_write_error(err: BaseException) -> str:
+    """A short reason for a failed write; torch.save reports a full disk as a RuntimeError with no errno."""
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    text = str(err)
+    if "file write failed" in text or "unexpected pos" in text or "No space" in text:
+        return f"{os.strerror(errno.ENOSPC)} (or another write failure: {text.splitlines()[0][:120]})"
+    return text.splitlines()[0][:160] if text else type(err).__name__
+
+
+class RunLock:
+    """An OS lock on a run directory: one live process writes it at a time.
+
+    `fcntl.flock` on `<run>/.lock`: the kernel releases it when the process ends, however it ends
+    (kill -9 included), so nothing stale is left behind.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / self.NAME
+        self._fh: io.TextIOWrapper | None = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise ValueError(f"{self.path.parent} is in use by {holder}; wait for it to finish, or pass another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"process {os.getpid()}")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the file drops the flock
+            self._fh = None

@@ -8,14 +8,17 @@ torch's hub folder on first use. Offline, put that file there, or pass its path
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from .sampling import sample_labels, sample_noise
+from .sampling import draw_inputs
 from .viz import to_uint8
 
 METRICS = ("fid", "is", "kid")
@@ -36,25 +39,56 @@ def inception_hub_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
 
 
-def resolve_inception_weights(path: str | None) -> str | None:
-    """The weights file to use (explicit, $SAGAN_INCEPTION_WEIGHTS, or None to let torch-fidelity fetch it).
+def _offline_hint() -> str:
+    return (f"put {INCEPTION_FILE} at {inception_hub_path()}, or pass --inception-weights PATH (or set {INCEPTION_ENV})")
 
-    A given file is read once with weights_only=True first: torch-fidelity itself unpickles with
-    weights_only=False, so a file that would run code is refused here before it gets there.
+
+def load_inception_state(path: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The Inception-v3 weights as tensors, read once, here, with weights_only=True: nothing in the file can run.
+
+    Looks at `path`, then $SAGAN_INCEPTION_WEIGHTS, then torch hub's folder; if none has the file,
+    downloads it there (hash-checked) first. Every failure is a one-line ValueError/FileNotFoundError.
     """
-    path = path or os.environ.get(INCEPTION_ENV) or None
-    if path is None:
-        return None
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"Inception weights {path} do not exist; download {INCEPTION_FILE} and point to it")
+    given = path or os.environ.get(INCEPTION_ENV) or None
+    target = Path(given) if given else inception_hub_path()
+    if given and not target.is_file():
+        raise FileNotFoundError(f"Inception weights {target} do not exist; download {INCEPTION_FILE} and point to it")
+    if not target.is_file():
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:  # the file name carries the first digits of its sha256, which torch hub checks
+            torch.hub.download_url_to_file(URL_INCEPTION_V3, str(target), hash_prefix=INCEPTION_FILE.split("-")[-1][:8],
+                                           progress=False)
+        except Exception as err:
+            raise ValueError(f"could not download the Inception weights ({type(err).__name__}: {str(err)[:120]}); on an "
+                             f"offline machine {_offline_hint()}") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"Inception weights {path} cannot be read safely as a state dict ({type(err).__name__}); "
-                         f"use torch-fidelity's {INCEPTION_FILE}") from None
-    if not isinstance(state, dict) or "fc.weight" not in state or "Mixed_7c.branch1x1.conv.weight" not in state:
-        raise ValueError(f"{path} is not an Inception-v3 state dict for torch-fidelity (expected {INCEPTION_FILE})")
-    return str(path)
+        raise ValueError(f"Inception weights {target} cannot be read safely as a state dict ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:120]}); use torch-fidelity's {INCEPTION_FILE}") from None
+    fc = state.get("fc.weight") if isinstance(state, dict) else None
+    if not isinstance(fc, torch.Tensor) or tuple(fc.shape) != (1008, 2048) or "Mixed_7c.branch1x1.conv.weight" not in state \
+            or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{target} is not an Inception-v3 state dict for torch-fidelity (expected {INCEPTION_FILE})")
+    return state
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Every torch.load in this block reads tensors only, whatever its caller asks (torch's own switch)."""
+    saved = {k: os.environ.get(k) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class _AsUint8(Dataset):
@@ -78,9 +112,7 @@ class _GeneratedImages(Dataset):
     """
 
     def __init__(self, G: nn.Module, n: int, seed: int, device: torch.device, chunk: int = 64, truncation: float | None = None) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        self.z = sample_noise(n, G.z_dim, gen, truncation)
-        self.y = sample_labels(n, G.num_classes, gen)
+        self.z, self.y = draw_inputs(0, n, G.z_dim, G.num_classes, seed, truncation=truncation)
         self.G, self.device, self.chunk = G, device, chunk
         self._cached: tuple[int, torch.Tensor] | None = None
 
@@ -102,14 +134,16 @@ def evaluate_generator(
     dataset: Dataset,
     n: int = 50_000,
     metrics: str | list[str] = "fid",
-    inception_weights: str | None = None,
+    inception_weights: str | Path | dict[str, torch.Tensor] | None = None,
     seed: int = 0,
     device: torch.device | str = "cpu",
     truncation: float | None = None,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Metrics of n samples of G against up to n images of dataset.
 
+    inception_weights: a state dict from `load_inception_state`, or where to find one (see there).
     Returns a subset of {fid, is, is_std, kid, kid_std}. G is used in eval mode; conditional
     generators draw classes uniformly.
     """
@@ -118,7 +152,12 @@ def evaluate_generator(
     names = parse_metrics(metrics) if isinstance(metrics, str) else list(metrics)
     if n < 2:
         raise ValueError(f"--n {n}: the metrics need at least 2 samples (50000 for numbers comparable to papers)")
-    weights = resolve_inception_weights(inception_weights)
+    state = inception_weights if isinstance(inception_weights, dict) else load_inception_state(inception_weights)
+    # torch-fidelity reads its weights with torch.load itself: hand it the tensors we read, in memory,
+    # under torch's switch that makes every load tensors-only. No file is unpickled on our behalf.
+    weights = io.BytesIO()
+    torch.save(state, weights)
+    weights.seek(0)
     device = torch.device(device)
     was_training = G.training
     G.eval()
@@ -131,18 +170,11 @@ def evaluate_generator(
         fid="fid" in names, isc="is" in names, kid="kid" in names,
         kid_subset_size=min(1000, n, len(real_indices)), isc_splits=min(10, n),
         feature_extractor="inception-v3-compat", feature_extractor_weights_path=weights,
-        cache=False, verbose=False, rng_seed=seed,
+        cache=False, verbose=progress, rng_seed=seed,
     )
     try:
-        raw = torch_fidelity.calculate_metrics(**kwargs)
-    except (OSError, RuntimeError) as err:
-        if weights is None and not inception_hub_path().is_file():
-            raise ValueError(
-                f"could not download the Inception weights ({type(err).__name__}: {str(err)[:120]}); on an offline "
-                f"machine put {INCEPTION_FILE} at {inception_hub_path()}, or pass --inception-weights PATH "
-                f"(or set {INCEPTION_ENV})"
-            ) from None
-        raise
+        with _weights_only_loads():
+            raw = torch_fidelity.calculate_metrics(**kwargs)
     finally:
         G.train(was_training)
     keys = {"frechet_inception_distance": "fid", "inception_score_mean": "is", "inception_score_std": "is_std",

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import SelfAttention2d
+from .config import ModelConfig
 from .layers import DownBlock, UpBlock
 from .spectral import apply_spectral_norm
 
@@ -54,6 +55,17 @@ def get_preset(resolution: int) -> Preset:
     return PRESETS[resolution]
 
 
+def block_resolutions(resolution: int) -> tuple[list[int], list[int]]:
+    """The output resolution of each G block and of each D block of a preset: where attention can sit."""
+    preset = get_preset(resolution)
+    g = [4 * 2 ** (i + 1) for i in range(len(preset.g_widths) - 1)]
+    d, r = [], resolution
+    for down in preset.d_downsample:
+        r = r // 2 if down else r
+        d.append(r)
+    return g, d
+
+
 def _check_attention(attention: tuple[int, ...], available: list[int], net: str) -> tuple[int, ...]:
     attention = tuple(int(r) for r in attention)
     bad = [r for r in attention if r not in available]
@@ -65,7 +77,7 @@ def _check_attention(attention: tuple[int, ...], available: list[int], net: str)
 def orthogonal_init_(net: nn.Module) -> None:
     """Orthogonal weights and zero biases for every conv, linear and embedding (as BigGAN / StudioGAN)."""
     for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)) and not m.weight.is_meta:  # meta: shapes only
             nn.init.orthogonal_(m.weight)
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
@@ -104,6 +116,7 @@ class Generator(nn.Module):
         hierarchical_z: BigGAN's form: split z into one chunk per block (plus one for the 4x4 map)
             and condition each block's BNs on [shared embedding, its chunk]; implies shared_embedding.
         embed_dim: size of the shared class embedding.
+        fused_attention: the attention blocks' path (None: `sagan.attention.use_fused_attention()`).
 
     Shape:
         - z: (B, z_dim); y: (B,) class indices when conditional.
@@ -126,11 +139,12 @@ class Generator(nn.Module):
         shared_embedding: bool = False,
         hierarchical_z: bool = False,
         embed_dim: int = 128,
+        fused_attention: bool | None = None,
     ) -> None:
         super().__init__()
         preset = get_preset(resolution)
         widths = [ch * m for m in preset.g_widths]
-        resolutions = [4 * 2 ** (i + 1) for i in range(len(widths) - 1)]
+        resolutions = block_resolutions(resolution)[0]
         attention = _check_attention(preset.g_attention if attention is None else attention, resolutions, "Generator")
         shared_embedding = shared_embedding or hierarchical_z
         if shared_embedding and not num_classes:
@@ -152,7 +166,7 @@ class Generator(nn.Module):
         for i, (c_in, c_out, res) in enumerate(zip(widths[:-1], widths[1:], resolutions)):
             self.blocks.append(UpBlock(c_in, c_out, block_classes, condition_dim))
             if res in attention:
-                self.attention[str(i)] = SelfAttention2d(c_out)
+                self.attention[str(i)] = SelfAttention2d(c_out, fused=fused_attention)
         self.out_norm = nn.BatchNorm2d(widths[-1])
         self.out_conv = nn.Conv2d(widths[-1], 3, 3, padding=1)
         orthogonal_init_(self)
@@ -167,7 +181,8 @@ class Generator(nn.Module):
 
     def attention_blocks(self) -> dict[str, SelfAttention2d]:
         """The self-attention blocks by name ('G.attn16' = after the block that outputs 16x16)."""
-        return {f"G.attn{4 * 2 ** (int(i) + 1)}": m for i, m in self.attention.items()}
+        resolutions = block_resolutions(self.resolution)[0]
+        return {f"G.attn{resolutions[int(i)]}": m for i, m in self.attention.items()}
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if z.dim() != 2 or z.shape[1] != self.z_dim:
@@ -198,6 +213,7 @@ class Discriminator(nn.Module):
         num_classes: 0 for unconditional; otherwise adds the projection term (Miyato & Koyama 2018).
         ch: base width (the paper's 128 model: 64).
         attention: feature resolutions after which a self-attention block sits (preset if None).
+        fused_attention: the attention blocks' path (None: `sagan.attention.use_fused_attention()`).
 
     Shape:
         - x: (B, 3, R, R); y: (B,) class indices when conditional.
@@ -210,14 +226,12 @@ class Discriminator(nn.Module):
         torch.Size([4])
     """
 
-    def __init__(self, resolution: int = 32, num_classes: int = 0, ch: int = 64, attention: tuple[int, ...] | None = None) -> None:
+    def __init__(self, resolution: int = 32, num_classes: int = 0, ch: int = 64, attention: tuple[int, ...] | None = None,
+                 fused_attention: bool | None = None) -> None:
         super().__init__()
         preset = get_preset(resolution)
         widths = [ch * m for m in preset.d_widths]
-        resolutions, r = [], resolution
-        for down in preset.d_downsample:
-            r = r // 2 if down else r
-            resolutions.append(r)
+        resolutions = block_resolutions(resolution)[1]
         available = sorted(set(resolutions), reverse=True)
         attention = _check_attention(preset.d_attention if attention is None else attention, available, "Discriminator")
         self.config = dict(resolution=resolution, num_classes=num_classes, ch=ch, attention=list(attention))
@@ -230,7 +244,7 @@ class Discriminator(nn.Module):
             self.blocks.append(DownBlock(c_in, c_out, downsample=down, preactivation=i > 0))
             if res in attention and res not in placed:  # after the first block that reaches res
                 placed.add(res)
-                self.attention[str(i)] = SelfAttention2d(c_out)
+                self.attention[str(i)] = SelfAttention2d(c_out, fused=fused_attention)
                 self._attention_names[str(i)] = f"D.attn{res}"
         self.linear = nn.Linear(widths[-1], 1)
         self.embed = nn.Embedding(num_classes, widths[-1]) if num_classes else None
@@ -264,3 +278,20 @@ class Discriminator(nn.Module):
 def count_parameters(net: nn.Module) -> int:
     """Trainable parameters (spectral norm's u, v vectors are buffers, not counted)."""
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def build(config: ModelConfig, fused_attention: bool | None = None) -> tuple[Generator, Discriminator]:
+    """The generator and discriminator that a ModelConfig describes: the one way the nets are built."""
+    return build_generator(config, fused_attention), Discriminator(**config.discriminator_kwargs(), fused_attention=fused_attention)
+
+
+def build_generator(config: ModelConfig, fused_attention: bool | None = None) -> Generator:
+    """The generator alone (for sampling from a checkpoint or an export)."""
+    return Generator(**config.generator_kwargs(), fused_attention=fused_attention)
+
+
+def state_shapes(net_class: type[nn.Module], kwargs: dict) -> dict[str, tuple[int, ...]]:
+    """The state_dict shapes of `net_class(**kwargs)`, found on the meta device: nothing is allocated."""
+    with torch.device("meta"):
+        net = net_class(**kwargs)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}

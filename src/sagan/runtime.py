@@ -1,0 +1,68 @@
+"""Where and how a command computes: the device, mixed precision, CPU threads."""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N` as a torch.device; anything else is a one-line ValueError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: sagan runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s); use cuda:0 ..")
+    return device
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Mixed precision for one device: the autocast dtype (None: full precision) and whether fp16 needs a grad scaler."""
+
+    device_type: str
+    dtype: torch.dtype | None
+
+    @classmethod
+    def choose(cls, amp: str, device: torch.device) -> "Precision":
+        """`auto`: bf16 on GPUs that support it, fp16 (with a grad scaler) on older ones, off on CPU."""
+        if amp == "auto":
+            amp = "off" if device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+        return cls(device.type, dtype)
+
+    @property
+    def name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.dtype]
+
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler, active for fp16 only (bf16 has fp32's range): one per optimiser."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.dtype == torch.float16)
+
+
+def idle_cores() -> int:
+    """Cores not busy with other work right now (one-minute load average), at least 1.
+
+    torch uses every core by default; on a machine where another process is busy, its threads
+    then wait on each other, and fewer threads run faster.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
