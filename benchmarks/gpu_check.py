@@ -7,8 +7,8 @@ Rows (each says "needs a GPU" on a CPU-only machine, where the rows that can run
   train 32        the real loop, 32 preset at ch=64, batch 64: images/s eager and with --compile
   train 128       128 preset at ch=64, batch 32: steps/s and peak GPU memory
   attention       benchmarks/attention.py's rows on the GPU: ours vs naive vs the bare kernel
-  ddp x2          two processes on the one GPU (gloo over CUDA tensors): the device-side collectives
-                  and the batch-norm sync path run, and the ranks end with identical weights
+  ddp x2          two processes on the one GPU (gloo over CUDA tensors; nccl refuses two ranks on one
+                  device): the device-side collectives and the all-reduce batch-norm run to the end
   resume          4 steps straight vs 2 + resume 2: the largest weight difference, next to the one
                   between two straight runs (what the GPU's own non-determinism gives)
 `--amp auto` is bf16 where the GPU has it, else fp16 with a GradScaler. Finishes in about 5 minutes
@@ -26,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # lets cuBLAS be deterministic (the resume row)
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -108,7 +110,8 @@ def ddp_two_processes(tmp: Path, device: str, amp: str) -> str:
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if done.returncode != 0:
-        return f"FAILED (exit {done.returncode}): {(done.stderr or done.stdout)[-600:]}"
+        said = [line for line in (done.stderr + done.stdout).splitlines() if line.startswith("sagan") or "Error" in line]
+        return f"FAILED (exit {done.returncode}): {' / '.join(dict.fromkeys(said))[-1500:]}"
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     return f"ok: 6 steps in {time.perf_counter() - started:.0f} s (start-up included), last loss_d {records[-1]['loss_d']:.3f}"
 
@@ -125,22 +128,43 @@ def _max_diff(a: Path, b: Path) -> float:
     return max((wa[k] - wb[k]).abs().max().item() for k in wa)
 
 
-def resume_check(tmp: Path, device: str, amp: str) -> str:
+def _resume_runs(tmp: Path, device: str, amp: str, tag: str) -> tuple[float, float, float]:
     common = dict(resolution=32, ch=16, batch_size=16, log_every=1, device=device, amp=amp, seed=3)
-    _train(tmp, f"s1-{device}", steps=4, **common)
-    _train(tmp, f"s2-{device}", steps=4, **common)
-    _train(tmp, f"r-{device}", steps=2, **common)
-    train(TrainConfig.create(steps=4, quiet=True, **{k: v for k, v in common.items() if k != "resolution"}),
-          resume=str(tmp / f"r-{device}"))
-    straight, resumed = _max_diff(tmp / f"s1-{device}", tmp / f"s2-{device}"), _max_diff(tmp / f"s1-{device}", tmp / f"r-{device}")
-    verdict = "equal" if resumed == 0 else ("within the GPU's own run-to-run spread" if resumed <= straight else "DIFFERS")
-    return f"{verdict}: max |straight - resumed| = {resumed:.3g}, max |straight - straight| = {straight:.3g}"
+    for name in ("s1", "s2"):
+        _train(tmp, f"{name}-{tag}", steps=4, **common)
+    _train(tmp, f"r-{tag}", steps=2, **common)
+    resumed_config = TrainConfig.from_run(tmp / f"r-{tag}")
+    resumed_config.steps = 4
+    train(resumed_config, resume=str(tmp / f"r-{tag}"))
+    first, second, resumed = (tmp / f"{name}-{tag}" for name in ("s1", "s2", "r"))
+    return _max_diff(first, second), _max_diff(first, resumed), _max_diff(second, resumed)
+
+
+def resume_check(tmp: Path, device: str, amp: str) -> str:
+    """Straight vs resumed, with torch's deterministic kernels (flash / cuDNN attention's backward has one)."""
+    torch.backends.cudnn.benchmark = False
+    note = "deterministic kernels"
+    try:
+        torch.use_deterministic_algorithms(True)
+        straight, resumed, later = _resume_runs(tmp, device, amp, f"{device}-det")
+    except RuntimeError as err:  # an op with no deterministic kernel: measure with the default kernels instead
+        note = f"default kernels ({' '.join(str(err).split())[:160]})"
+        torch.use_deterministic_algorithms(False)
+        straight, resumed, later = _resume_runs(tmp, device, amp, device)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    verdict = "equal" if min(resumed, later) == 0 else (
+        "within the GPU's own run-to-run spread" if min(resumed, later) <= straight else "DIFFERS")
+    return (f"{verdict} ({note}): max |straight 1 - resumed| = {resumed:.3g}, |straight 2 - resumed| = {later:.3g}, "
+            f"|straight 1 - straight 2| = {straight:.3g}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke test of the script itself)")
+    parser.add_argument("--only", default="tests,ddp,resume,attention,train128,train32",
+                        help="comma-separated subset of the checks (default: all)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     name = torch.cuda.get_device_name() if cuda else "no GPU"
@@ -158,13 +182,19 @@ def main() -> None:
             row("ddp x2 (cpu, gloo)", ddp_two_processes(tmp, "cpu", "off") + "; on one GPU: " + NEEDS_GPU)
             row("resume (cpu)", resume_check(tmp, "cpu", "off") + "; on a GPU: " + NEEDS_GPU)
             return
-        row("cuda tests", cuda_tests())
-        row("ddp x2 on one GPU (gloo over CUDA tensors)", ddp_two_processes(tmp, "cuda", amp))
-        row(f"resume on the GPU ({amp})", resume_check(tmp, "cuda", amp))
-        for line in attention_rows([32, 64] if args.quick else [32, 64, 128]):
+        only = set(args.only.split(","))
+        if "tests" in only:
+            row("cuda tests", cuda_tests())
+        if "ddp" in only:
+            row("ddp x2 on one GPU (gloo over CUDA tensors)", ddp_two_processes(tmp, "cuda", amp))
+        if "resume" in only:
+            row(f"resume on the GPU ({amp})", resume_check(tmp, "cuda", amp))
+        for line in attention_rows([32, 64] if args.quick else [32, 64, 128]) if "attention" in only else []:
             row("attention fwd+bwd, C=64, B=4", line)
-        row(f"train 128 preset, ch=64, batch 32, {amp}", train_128(tmp, amp, 4 if args.quick else 20))
-        row(f"train 32 preset, ch=64, batch 64, {amp}", train_32(tmp, amp, 20 if args.quick else 200))
+        if "train128" in only:
+            row(f"train 128 preset, ch=64, batch 32, {amp}", train_128(tmp, amp, 4 if args.quick else 20))
+        if "train32" in only:
+            row(f"train 32 preset, ch=64, batch 64, {amp}", train_32(tmp, amp, 20 if args.quick else 200))
     print(f"# total {time.perf_counter() - started:.0f} s")
 
 

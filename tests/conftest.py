@@ -35,7 +35,7 @@ def tiny_run(tmp_path_factory) -> str:
     from sagan.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    argv = ["train", "--steps", "6", "--batch-size", "8", "--ch", "8", "--out", str(out), "--log-every", "2",
+    argv = ["train", "--steps", "6", "--batch-size", "8", "--ch", "8", "--threads", "1", "--out", str(out), "--log-every", "2",
             "--sample-every", "3", "--checkpoint-every", "3", "--quiet", "--data-size", "64", "--sample-count", "12"]
     assert main(argv) == 0
     return str(out)

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 from sagan.checkpoint import list_checkpoints, load_latest
 from sagan.distributed import fresh_namespace
 
-SMALL = dict(steps=3, batch_size=4, ch=8, data_size=64, quiet=True, log_every=1, sample_every=100,
+SMALL = dict(steps=3, batch_size=4, ch=8, threads=1, data_size=64, quiet=True, log_every=1, sample_every=100,
              checkpoint_every=100, sample_count=4, device="cpu", seed=5)
 CLI_SMALL = ["--batch-size", "4", "--ch", "8", "--data-size", "64", "--sample-count", "4", "--device", "cpu"]
 

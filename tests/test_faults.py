@@ -19,7 +19,7 @@ import sagan.checkpoint as checkpoint
 from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from sagan.cli import main
 
-TINY = ["--batch-size", "4", "--ch", "8", "--quiet", "--data-size", "64", "--sample-count", "4", "--log-every", "1"]
+TINY = ["--batch-size", "4", "--ch", "8", "--threads", "1", "--quiet", "--data-size", "64", "--sample-count", "4", "--log-every", "1"]
 
 
 def _assert_nothing_corrupt(run: Path) -> None:

@@ -33,7 +33,7 @@ import sagan.checkpoint as checkpoint
 from sagan.checkpoint import list_checkpoints, load_checkpoint, load_latest
 from sagan.cli import main
 
-TINY = ["--batch-size", "4", "--ch", "8", "--quiet", "--data-size", "64", "--sample-count", "4", "--log-every", "1"]
+TINY = ["--batch-size", "4", "--ch", "8", "--threads", "1", "--quiet", "--data-size", "64", "--sample-count", "4", "--log-every", "1"]
 
 
 def _one_line(capsys) -> str:
@@ -201,7 +201,7 @@ def _image_folder(root: Path) -> Path:
 
 def test_images_that_fail_to_decode_are_replaced_and_resume_stays_exact(tmp_path):
     data = str(_image_folder(tmp_path / "images"))
-    common = ["--data", data, "--batch-size", "4", "--ch", "8", "--quiet", "--sample-count", "4", "--log-every", "1",
+    common = ["--data", data, "--batch-size", "4", "--ch", "8", "--threads", "1", "--quiet", "--sample-count", "4", "--log-every", "1",
               "--checkpoint-every", "3", "--sample-every", "100"]
     with pytest.warns(UserWarning, match="skipping an unreadable image"):
         assert main(["train", "--steps", "6", "--out", str(tmp_path / "straight"), *common]) == 0
@@ -406,3 +406,13 @@ def test_the_global_rng_after_resume_equals_the_uninterrupted_runs(tmp_path):
     assert main(["train", "--resume", str(tmp_path / "split"), "--steps", "6", "--quiet"]) == 0
     a, b = load_latest(tmp_path / "straight")[1]["rng"], load_latest(tmp_path / "split")[1]["rng"]
     assert torch.equal(a["torch"], b["torch"]) and torch.equal(a["noise"], b["noise"])
+
+
+def test_rank_synchronised_batch_norm_stays_on_the_nets_device():
+    """The all-reduce BN replaces BatchNorm2d where the net already lives (a GPU under gloo), not on the CPU."""
+    from sagan.distributed import CrossRankBatchNorm2d, synchronise_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).to("meta")  # meta stands for cuda:N
+    synchronise_batchnorm(net, "cpu")
+    assert isinstance(net[1], CrossRankBatchNorm2d)
+    assert {t.device.type for t in [*net.parameters(), *net.buffers()]} == {"meta"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint,
 from sagan.cli import main
 from sagan.models import Discriminator
 
-TINY = ["--batch-size", "8", "--ch", "8", "--quiet", "--data-size", "64", "--sample-count", "12", "--log-every", "2"]
+TINY = ["--batch-size", "8", "--ch", "8", "--threads", "1", "--quiet", "--data-size", "64", "--sample-count", "12", "--log-every", "2"]
 
 
 def test_a_short_run_writes_every_file(tiny_run):
@@ -255,3 +256,101 @@ def test_compile_flag_trains(tmp_path):
     assert main(["train", "--steps", "2", "--out", str(run), "--compile"] + TINY) == 0
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 2 and all(map(torch.isfinite, torch.tensor([last["loss_d"], last["loss_g"]])))
+
+
+# -- the loop's parts, alone -----------------------------------------------------------------------
+def _small_gan(seed: int = 0):
+    from sagan.config import ModelConfig
+    from sagan.models import build
+
+    torch.manual_seed(seed)
+    return build(ModelConfig(resolution=32, num_classes=3, ch=8, ch_d=8))
+
+
+@pytest.mark.parametrize("loss_name", ["hinge", "wasserstein"])
+def test_one_d_step_widens_the_gap_between_real_and_fake(loss_name):
+    """Against a copy that saw the same forward (spectral norm's power iteration) but no update, the
+    step lowers D's loss on the batch; with the Wasserstein loss it widens the gap D(x) - D(G(z))."""
+    from sagan.losses import get_loss
+    from sagan.runtime import Precision
+    from sagan.shapes import ShapesDataset
+    from sagan.training import d_step
+
+    G, D = _small_gan()
+    data = ShapesDataset(32, size=8)
+    real = torch.stack([data[i][0] for i in range(8)])
+    y_real = torch.tensor([data[i][1] % 3 for i in range(8)])
+    y_fake = torch.arange(8) % 3
+    with torch.no_grad():
+        fake = G(torch.randn(8, 128), y_fake)
+    loss = get_loss(loss_name)
+    opt = torch.optim.Adam(D.parameters(), lr=1e-5, betas=(0.0, 0.9))
+    precision = Precision.choose("off", torch.device("cpu"))
+    control = copy.deepcopy(D)
+    with torch.no_grad():
+        control(torch.cat([real, fake]), torch.cat([y_real, y_fake]))
+    stats = d_step(D, opt, precision.scaler(), loss, real, y_real, fake, y_fake, precision)
+    assert stats.shape == (3,) and not stats.requires_grad
+    assert all(p.grad is not None for p in D.parameters() if p.requires_grad)
+
+    @torch.no_grad()
+    def judged(net):
+        net.eval()
+        return net(real, y_real), net(fake, y_fake)
+
+    (real_after, fake_after), (real_control, fake_control) = judged(D), judged(control)
+    assert loss.d(real_after, fake_after) < loss.d(real_control, fake_control)
+    if loss_name == "wasserstein":  # its gradient is exactly that of -(D(x) - D(G(z))); hinge's ignores saturated images
+        assert (real_after.mean() - fake_after.mean()) > (real_control.mean() - fake_control.mean())
+
+
+def test_one_g_step_raises_d_of_g_of_z_and_leaves_d_alone():
+    from sagan.losses import get_loss
+    from sagan.runtime import Precision
+    from sagan.training import g_step
+
+    G, D = _small_gan(1)
+    D.eval()  # a fixed judge: its spectral-norm vectors do not move between the two looks
+    z, y = torch.randn(8, 128), torch.arange(8) % 3
+    d_before = {k: v.clone() for k, v in D.state_dict().items()}
+    with torch.no_grad():
+        before = D(G(z, y), y).mean().item()
+    opt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.9))
+    precision = Precision.choose("off", torch.device("cpu"))
+    loss_g = g_step(G, D, opt, precision.scaler(), get_loss("hinge"), z, y, precision)
+    with torch.no_grad():
+        after = D(G(z, y), y).mean().item()
+    assert after > before and loss_g.item() == pytest.approx(-before, rel=1e-3, abs=1e-3)
+    assert all(torch.equal(d_before[k], v) for k, v in D.state_dict().items())  # D's weights did not move
+    assert all(p.grad is None for p in D.parameters()) and all(p.requires_grad for p in D.parameters())
+
+
+def test_library_resume_refuses_a_changed_model_field_and_takes_new_run_fields(tiny_run, tmp_path):
+    from sagan import TrainConfig, train
+    from sagan.config import ConfigError
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    with pytest.raises(ConfigError, match=r"trained with ch=8; --ch 16 conflicts") as caught:
+        train(TrainConfig.create(ch=16, steps=8, threads=1, quiet=True), resume=str(run))
+    assert len(str(caught.value).splitlines()) == 1
+    config = TrainConfig.from_run(run)
+    config.steps, config.lr_d = 8, 1e-4  # run fields: the new values are used
+    result = train(config, resume=str(run))
+    _, state = load_latest(run)
+    assert result.step == 8 and state["step"] == 8 and state["opt_D"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert state["config"]["lr_d"] == pytest.approx(1e-4) and state["config"]["model"]["ch"] == 8
+
+
+def test_attention_path_is_chosen_when_a_block_is_built():
+    from sagan import Generator, set_fused_attention, use_fused_attention
+
+    assert use_fused_attention()
+    try:
+        set_fused_attention(False)
+        reference = Generator(32, ch=8)
+    finally:
+        set_fused_attention(True)
+    assert [b.fused for b in reference.attention_blocks().values()] == [False]
+    assert [b.fused for b in Generator(32, ch=8).attention_blocks().values()] == [True]
+    assert [b.fused for b in Generator(32, ch=8, fused_attention=False).attention_blocks().values()] == [False]

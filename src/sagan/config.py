@@ -220,8 +220,12 @@ class TrainConfig:
             raise ConfigError(f"--eval-metrics {self.eval_metrics!r}: choose from {','.join(METRIC_CHOICES)} (comma-separated)")
         return self
 
-    def resolved(self, device_type: str) -> tuple["TrainConfig", list[str]]:
-        """A copy with the device's defaults in the None fields, and the `name=value` picks it made."""
+    def resolved(self, device_type: str, processes: int = 1) -> tuple["TrainConfig", list[str]]:
+        """A copy with the device's defaults in the None fields, and the `name=value` picks it made.
+
+        A single CPU process gets as many threads as cores are idle now; the number is saved with the
+        run, so a resumed run computes as the first leg did.
+        """
         table = DEVICE_DEFAULTS["cpu" if device_type == "cpu" else "cuda"]
         model, c, picked = replace(self.model), replace(self), []
         if model.ch is not None and model.ch_d is None:
@@ -234,6 +238,11 @@ class TrainConfig:
         c.model = model
         if c.num_workers is None:
             c.num_workers = 0 if device_type == "cpu" else 8
+        if c.threads is None and device_type == "cpu" and processes == 1:
+            from .runtime import idle_cores
+
+            c.threads = idle_cores()
+            picked.append(f"threads={c.threads}")
         if c.out is None:
             c.out = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         return c.validate(), picked

@@ -181,7 +181,8 @@ def synchronise_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
-            synced = CrossRankBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            synced = CrossRankBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
+                                          device=child.running_mean.device)  # where the module already lives
             synced.load_state_dict(child.state_dict())
             setattr(module, name, synced)
         else:

@@ -11,7 +11,6 @@ The nets know nothing of files or flags; the CLI knows nothing of tensors; this 
 from __future__ import annotations
 
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, replace
@@ -33,7 +32,7 @@ from .ema import EMA
 from .losses import GANLoss, get_loss
 from .models import Discriminator, Generator, build
 from .rundir import RunDirectory
-from .runtime import Precision, idle_cores, resolve_device
+from .runtime import Precision, resolve_device
 from .sampling import sample_labels, sample_noise
 from .viz import save_grid
 
@@ -154,8 +153,8 @@ def merge_resumed(given: TrainConfig, saved: TrainConfig, run_dir: Path) -> Trai
 
 
 def describe(config: TrainConfig, picked: list[str], device: torch.device) -> str:
-    where = (f"on the CPU with {torch.get_num_threads()} thread(s) (2 free cores: about 15-30 minutes; the bar shows "
-             f"images/s)" if device.type == "cpu" else f"on {device}")
+    where = ("on the CPU (2 free cores: about 15-30 minutes; the bar shows images/s)" if device.type == "cpu"
+             else f"on {device}")
     flags = "/".join(flag_name(p.split("=")[0]) for p in picked)
     return f"training the {config.model.resolution}-pixel preset {where}" + (
         f"; picked {', '.join(picked)} (set {flags} to change)" if picked else "")
@@ -263,7 +262,9 @@ def _build_nets(config: TrainConfig, state: TrainState | None, ctx: Distributed)
 def set_up(config: TrainConfig, resume: str | Path | None, ctx: Distributed) -> _Run:
     """Everything the loop needs: a fresh run from `config`, or the saved run in `resume` continued."""
     config, state = _resume_from(config.validate(), resume, ctx)
-    config, picked = config.resolved(ctx.device.type)
+    config, picked = config.resolved(ctx.device.type, ctx.world_size)
+    if config.threads:  # busy cores make torch's threads wait on each other: fewer run faster
+        torch.set_num_threads(config.threads)
     dataset = build_dataset(config.data, config.model.resolution, seed=config.seed, shapes_size=config.data_size,
                             download=config.download and ctx.is_main, data_dir=config.data_dir)
     if config.conditional and not dataset.num_classes:
@@ -422,8 +423,6 @@ def train(config: TrainConfig, resume: str | Path | None = None, ctx: Distribute
     """
     device = resolve_device(config.device)
     threads_before = torch.get_num_threads()
-    if config.threads or (device.type == "cpu" and ctx is None and not _under_torchrun()):
-        torch.set_num_threads(config.threads or idle_cores())  # busy cores make torch's threads wait on each other
     try:
         if ctx is not None:
             return _loop(set_up(config, resume, ctx))
@@ -482,6 +481,3 @@ def _loop(run: _Run) -> TrainResult:
         run.run_dir.close()
     return TrainResult(run.run_dir.path, run.G, run.D, run.ema.model, run.step)
 
-
-def _under_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
