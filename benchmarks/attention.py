@@ -23,8 +23,8 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from sagan import SelfAttention2d
 
@@ -37,7 +37,7 @@ class NaiveSelfAttention2d(nn.Module):
         self.ours = ours  # share the very same weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+        b, _c, h, w = x.shape
         m = self.ours
         q = m.query(x).flatten(2).transpose(1, 2)  # (B, N, C-bar)
         k = m.key(x).flatten(2)  # (B, C-bar, N)
@@ -71,7 +71,9 @@ def build(variant: str, size: int, channels: int, batch: int, device: str):
     with torch.no_grad():
         ours.gamma.fill_(0.5)
     x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
-    module = {"ours": lambda: ours, "naive": lambda: NaiveSelfAttention2d(ours), "core": lambda: CoreOnly(ours, x)}[variant]()
+    module = {"ours": lambda: ours, "naive": lambda: NaiveSelfAttention2d(ours), "core": lambda: CoreOnly(ours, x)}[
+        variant
+    ]()
     return module, x
 
 
@@ -119,10 +121,10 @@ def peak_extra_bytes(variant: str, size: int, channels: int, batch: int, device:
     # the resident set follows live tensors; one warm-up step first keeps one-time costs (thread
     # pools, lazy initialisation) out of the figure, as on CUDA.
     code = (
-        "import sys;sys.path.insert(0,%r);import attention as b;"
-        "m,x=b.build(%r,%d,%d,%d,'cpu');b.step(m,x,'cpu');x.grad=None;m.zero_grad(set_to_none=True);"
-        "print(b.rss_growth(lambda: b.step(m,x,'cpu')))"
-    ) % (sys.path[0], variant, size, channels, batch)
+        f"import sys;sys.path.insert(0,{sys.path[0]!r});import attention as b;"
+        f"m,x=b.build({variant!r},{size},{channels},{batch},'cpu');b.step(m,x,'cpu');x.grad=None;"
+        "m.zero_grad(set_to_none=True);print(b.rss_growth(lambda: b.step(m,x,'cpu')))"
+    )
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
     return int(out.split()[-1])
@@ -160,20 +162,30 @@ def main() -> None:
     args = parser.parse_args()
     dev = args.device
     name = torch.cuda.get_device_name() if dev == "cuda" else platform.processor() or platform.machine()
-    print(f"# {time.strftime('%Y-%m-%d')} torch {torch.__version__} on {dev} ({name}), threads={torch.get_num_threads()}, "
-          f"C={args.channels} B={args.batch} {'bf16' if dev == 'cuda' else 'fp32'}")
-    print(f"{'HxW':>8} {'kernel':>7} | {'ours ms':>8} {'naive ms':>9} {'core ms':>8} | {'naive/ours':>10} {'ours/core':>9} | "
-          f"{'ours MiB':>8} {'naive MiB':>9} {'core MiB':>8} {'ours/naive mem':>14}")
+    print(
+        f"# {time.strftime('%Y-%m-%d')} torch {torch.__version__} on {dev} ({name}), "
+        f"threads={torch.get_num_threads()}, "
+        f"C={args.channels} B={args.batch} {'bf16' if dev == 'cuda' else 'fp32'}"
+    )
+    print(
+        f"{'HxW':>8} {'kernel':>7} | {'ours ms':>8} {'naive ms':>9} {'core ms':>8} | "
+        f"{'naive/ours':>10} {'ours/core':>9} | "
+        f"{'ours MiB':>8} {'naive MiB':>9} {'core MiB':>8} {'ours/naive mem':>14}"
+    )
     rows = []
     for size in args.sizes:
         t = time_variants(size, args.channels, args.batch, dev, args.repeats)
         m = {v: peak_extra_bytes(v, size, args.channels, args.batch, dev) for v in VARIANTS}
-        row = dict(size=size, kernel=kernel_name(size, args.channels, dev), time_s=t, peak_extra_bytes=m)
+        row = {"size": size, "kernel": kernel_name(size, args.channels, dev), "time_s": t, "peak_extra_bytes": m}
         rows.append(row)
         mib = {v: m[v] / 2**20 for v in m}
-        print(f"{size:>4}x{size:<3} {row['kernel']:>7} | {t['ours'] * 1e3:8.2f} {t['naive'] * 1e3:9.2f} {t['core'] * 1e3:8.2f} | "
-              f"{t['naive'] / t['ours']:9.2f}x {t['ours'] / t['core']:8.2f}x | "
-              f"{mib['ours']:8.1f} {mib['naive']:9.1f} {mib['core']:8.1f} {m['ours'] / max(m['naive'], 1):13.1%}", flush=True)
+        print(
+            f"{size:>4}x{size:<3} {row['kernel']:>7} | "
+            f"{t['ours'] * 1e3:8.2f} {t['naive'] * 1e3:9.2f} {t['core'] * 1e3:8.2f} | "
+            f"{t['naive'] / t['ours']:9.2f}x {t['ours'] / t['core']:8.2f}x | "
+            f"{mib['ours']:8.1f} {mib['naive']:9.1f} {mib['core']:8.1f} {m['ours'] / max(m['naive'], 1):13.1%}",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -28,14 +28,14 @@ from pathlib import Path
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # lets cuBLAS be deterministic (the resume row)
 
-import torch  # noqa: E402
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from sagan.config import TrainConfig  # noqa: E402
-from sagan.training import train  # noqa: E402
+from sagan.config import TrainConfig
+from sagan.training import train
 
 NEEDS_GPU = "needs a GPU"
 
@@ -49,9 +49,19 @@ def row(name: str, result: str) -> None:
 
 
 def cuda_tests() -> str:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_cuda.py"),
-           str(ROOT / "tests" / "test_attention.py"), "-k", "cuda"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        str(ROOT / "tests" / "test_cuda.py"),
+        str(ROOT / "tests" / "test_attention.py"),
+        "-k",
+        "cuda",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_env(), cwd=ROOT)
     tail = [line for line in done.stdout.splitlines() if "passed" in line or "failed" in line or "error" in line]
     if done.returncode not in (0, 5):
         print(done.stdout[-4000:], done.stderr[-2000:], file=sys.stderr)
@@ -60,8 +70,9 @@ def cuda_tests() -> str:
 
 def _train(tmp: Path, name: str, **fields) -> tuple[dict, float]:
     """Run the real loop; return its last metrics record and the wall time."""
-    config = TrainConfig.create(out=str(tmp / name), quiet=True, sample_every=10**9, checkpoint_every=10**9,
-                                data_size=4096, **fields)
+    config = TrainConfig.create(
+        out=str(tmp / name), quiet=True, sample_every=10**9, checkpoint_every=10**9, data_size=4096, **fields
+    )
     started = time.perf_counter()
     train(config)
     wall = time.perf_counter() - started
@@ -72,11 +83,14 @@ def _train(tmp: Path, name: str, **fields) -> tuple[dict, float]:
 def train_32(tmp: Path, amp: str, steps: int) -> str:
     half = steps // 2
     eager, wall_e = _train(tmp, "t32", resolution=32, ch=64, batch_size=64, steps=2 * half, log_every=half, amp=amp)
-    compiled, wall_c = _train(tmp, "t32c", resolution=32, ch=64, batch_size=64, steps=2 * half, log_every=half, amp=amp,
-                              compile=True)
-    return (f"eager {eager['images_per_s']:.0f} img/s, --compile {compiled['images_per_s']:.0f} img/s "
-            f"({compiled['images_per_s'] / eager['images_per_s']:.2f}x; compiling + {2 * half} steps took {wall_c:.0f} s "
-            f"vs {wall_e:.0f} s eager)")
+    compiled, wall_c = _train(
+        tmp, "t32c", resolution=32, ch=64, batch_size=64, steps=2 * half, log_every=half, amp=amp, compile=True
+    )
+    return (
+        f"eager {eager['images_per_s']:.0f} img/s, --compile {compiled['images_per_s']:.0f} img/s "
+        f"({compiled['images_per_s'] / eager['images_per_s']:.2f}x; compiling + {2 * half} steps took {wall_c:.0f} s "
+        f"vs {wall_e:.0f} s eager)"
+    )
 
 
 def train_128(tmp: Path, amp: str, steps: int) -> str:
@@ -94,33 +108,69 @@ def attention_rows(sizes: list[int]) -> list[str]:
     for size in sizes:
         t = bench.time_variants(size, 64, 4, "cuda", 10)
         m = {v: bench.peak_extra_bytes(v, size, 64, 4, "cuda") / 2**20 for v in bench.VARIANTS}
-        out.append(f"{size}x{size} {bench.kernel_name(size, 64, 'cuda')}: ours {t['ours'] * 1e3:.2f} ms, naive "
-                   f"{t['naive'] * 1e3:.2f} ms, core {t['core'] * 1e3:.2f} ms; naive/ours {t['naive'] / t['ours']:.2f}x, "
-                   f"ours/core {t['ours'] / t['core']:.2f}x; memory ours {m['ours']:.1f} MiB, naive {m['naive']:.1f} MiB "
-                   f"({m['ours'] / max(m['naive'], 1e-9):.1%})")
+        out.append(
+            f"{size}x{size} {bench.kernel_name(size, 64, 'cuda')}: ours {t['ours'] * 1e3:.2f} ms, naive "
+            f"{t['naive'] * 1e3:.2f} ms, core {t['core'] * 1e3:.2f} ms; naive/ours {t['naive'] / t['ours']:.2f}x, "
+            f"ours/core {t['ours'] / t['core']:.2f}x; memory ours {m['ours']:.1f} MiB, naive {m['naive']:.1f} MiB "
+            f"({m['ours'] / max(m['naive'], 1e-9):.1%})"
+        )
     return out
 
 
 def ddp_two_processes(tmp: Path, device: str, amp: str) -> str:
     run = tmp / f"ddp-{device}"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sagan", "train",
-           "--steps", "6", "--out", str(run), "--batch-size", "8", "--ch", "16", "--data-size", "256", "--device", device,
-           "--log-every", "3", "--checkpoint-every", "6", "--sample-every", "6", "--quiet", "--amp", amp]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sagan",
+        "train",
+        "--steps",
+        "6",
+        "--out",
+        str(run),
+        "--batch-size",
+        "8",
+        "--ch",
+        "16",
+        "--data-size",
+        "256",
+        "--device",
+        device,
+        "--log-every",
+        "3",
+        "--checkpoint-every",
+        "6",
+        "--sample-every",
+        "6",
+        "--quiet",
+        "--amp",
+        amp,
+    ]
     env = dict(_env(), SAGAN_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")  # nccl refuses two ranks on one GPU
     started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, timeout=600)
     if done.returncode != 0:
-        said = [line for line in (done.stderr + done.stdout).splitlines() if line.startswith("sagan") or "Error" in line]
+        said = [
+            line for line in (done.stderr + done.stdout).splitlines() if line.startswith("sagan") or "Error" in line
+        ]
         return f"FAILED (exit {done.returncode}): {' / '.join(dict.fromkeys(said))[-1500:]}"
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return f"ok: 6 steps in {time.perf_counter() - started:.0f} s (start-up included), last loss_d {records[-1]['loss_d']:.3f}"
+    wall = time.perf_counter() - started
+    return f"ok: 6 steps in {wall:.0f} s (start-up included), last loss_d {records[-1]['loss_d']:.3f}"
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     from sagan.checkpoint import load_latest
 
     state = load_latest(run)[1]
-    return {f"{net}.{k}": v.float() for net in ("G", "D", "G_ema") for k, v in state[net].items() if v.is_floating_point()}
+    return {
+        f"{net}.{k}": v.float() for net in ("G", "D", "G_ema") for k, v in state[net].items() if v.is_floating_point()
+    }
 
 
 def _max_diff(a: Path, b: Path) -> float:
@@ -129,7 +179,7 @@ def _max_diff(a: Path, b: Path) -> float:
 
 
 def _resume_runs(tmp: Path, device: str, amp: str, tag: str) -> tuple[float, float, float]:
-    common = dict(resolution=32, ch=16, batch_size=16, log_every=1, device=device, amp=amp, seed=3)
+    common = {"resolution": 32, "ch": 16, "batch_size": 16, "log_every": 1, "device": device, "amp": amp, "seed": 3}
     for name in ("s1", "s2"):
         _train(tmp, f"{name}-{tag}", steps=4, **common)
     _train(tmp, f"r-{tag}", steps=2, **common)
@@ -153,18 +203,26 @@ def resume_check(tmp: Path, device: str, amp: str) -> str:
         straight, resumed, later = _resume_runs(tmp, device, amp, device)
     finally:
         torch.use_deterministic_algorithms(False)
-    verdict = "equal" if min(resumed, later) == 0 else (
-        "within the GPU's own run-to-run spread" if min(resumed, later) <= straight else "DIFFERS")
-    return (f"{verdict} ({note}): max |straight 1 - resumed| = {resumed:.3g}, |straight 2 - resumed| = {later:.3g}, "
-            f"|straight 1 - straight 2| = {straight:.3g}")
+    verdict = (
+        "equal"
+        if min(resumed, later) == 0
+        else ("within the GPU's own run-to-run spread" if min(resumed, later) <= straight else "DIFFERS")
+    )
+    return (
+        f"{verdict} ({note}): max |straight 1 - resumed| = {resumed:.3g}, |straight 2 - resumed| = {later:.3g}, "
+        f"|straight 1 - straight 2| = {straight:.3g}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke test of the script itself)")
-    parser.add_argument("--only", default="tests,ddp,resume,attention,train128,train32",
-                        help="comma-separated subset of the checks (default: all)")
+    parser.add_argument(
+        "--only",
+        default="tests,ddp,resume,attention,train128,train32",
+        help="comma-separated subset of the checks (default: all)",
+    )
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     name = torch.cuda.get_device_name() if cuda else "no GPU"

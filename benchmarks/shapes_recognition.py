@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from sagan.checkpoint import load_generator
 from sagan.files import atomic_write
@@ -28,11 +28,19 @@ from sagan.shapes import CLASSES, ShapesDataset
 
 def classifier() -> nn.Module:
     def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                             nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
 
-    return nn.Sequential(block(3, 32), block(32, 64), block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(128, len(CLASSES)))
+    return nn.Sequential(
+        block(3, 32), block(32, 64), block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, len(CLASSES))
+    )
 
 
 def images_of(data: ShapesDataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +95,10 @@ def main() -> None:
     if args.classifier and args.classifier.exists():
         kept = torch.load(args.classifier, weights_only=True)
         if kept["resolution"] != G0.resolution:
-            raise SystemExit(f"{args.classifier} judges {kept['resolution']}px shapes, the run makes "
-                             f"{G0.resolution}px ones: pass another --classifier file")
+            raise SystemExit(
+                f"{args.classifier} judges {kept['resolution']}px shapes, the run makes "
+                f"{G0.resolution}px ones: pass another --classifier file"
+            )
         net, real = classifier(), kept["accuracy"]
         net.load_state_dict(kept["state"])
         net.eval()
@@ -96,10 +106,15 @@ def main() -> None:
     else:
         t0 = time.perf_counter()
         net, real = train_classifier(G0.resolution, args.train_images, args.epochs)
-        print(f"classifier: {real:.1%} on held-out real {G0.resolution}px shapes ({time.perf_counter() - t0:.0f} s to train)")
+        print(
+            f"classifier: {real:.1%} on held-out real {G0.resolution}px shapes "
+            f"({time.perf_counter() - t0:.0f} s to train)"
+        )
         if args.classifier:
-            atomic_write(args.classifier, lambda f: torch.save({"state": net.state_dict(), "accuracy": real,
-                                                            "resolution": G0.resolution}, f))
+            atomic_write(
+                args.classifier,
+                lambda f: torch.save({"state": net.state_dict(), "accuracy": real, "resolution": G0.resolution}, f),
+            )
     print(f"{'run':40s} {'all':>6s} " + " ".join(f"{c:>8s}" for c in CLASSES))
     for run in args.runs:
         G, _ = load_generator(run)

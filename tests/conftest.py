@@ -18,10 +18,14 @@ def inception_weights(tmp_path_factory) -> str:
     import torch_fidelity.feature_extractor_inceptionv3 as fe
 
     torch.manual_seed(0)
-    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: None), \
-            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None):
+    with (
+        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: None),
+        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None),
+    ):
         net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
-    for m in net.modules():  # He init keeps activations alive through ~90 layers; PyTorch's default fades them to constants
+    for (
+        m
+    ) in net.modules():  # He init keeps activations alive through ~90 layers; PyTorch's default fades them to constants
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
@@ -35,7 +39,29 @@ def tiny_run(tmp_path_factory) -> str:
     from sagan.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    argv = ["train", "--steps", "6", "--batch-size", "8", "--ch", "8", "--threads", "1", "--out", str(out), "--log-every", "2",
-            "--sample-every", "3", "--checkpoint-every", "3", "--quiet", "--data-size", "64", "--sample-count", "12"]
+    argv = [
+        "train",
+        "--steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--ch",
+        "8",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--log-every",
+        "2",
+        "--sample-every",
+        "3",
+        "--checkpoint-every",
+        "3",
+        "--quiet",
+        "--data-size",
+        "64",
+        "--sample-count",
+        "12",
+    ]
     assert main(argv) == 0
     return str(out)

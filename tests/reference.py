@@ -21,7 +21,9 @@ def effective_weight(conv: torch.nn.Module, params: dict[str, torch.Tensor], pre
     return w.flatten(1)  # (out, in) for a 1x1 conv
 
 
-def self_attention(x: torch.Tensor, module: torch.nn.Module, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def self_attention(
+    x: torch.Tensor, module: torch.nn.Module, params: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """y and beta of SAGAN self-attention, for x of shape (B, C, *spatial), in float64.
 
     params: float64 leaf tensors named as in module.named_parameters() (so gradients can be compared).

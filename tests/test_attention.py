@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import reference
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import reference
 from sagan import SelfAttention1d, SelfAttention2d, SelfAttention3d
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -40,7 +40,9 @@ def float64_params(module):
     return {n: p.detach().double().clone().requires_grad_(True) for n, p in module.named_parameters()}
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"C{c[0]}r{c[1]}v{c[2]}p{c[3]}b{int(c[4])}sn{int(c[5])}B{c[6]}{c[7]}")
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: f"C{c[0]}r{c[1]}v{c[2]}p{c[3]}b{int(c[4])}sn{int(c[5])}B{c[6]}{c[7]}"
+)
 @pytest.mark.parametrize("fused", [True, False])
 def test_forward_backward_and_map_match_float64_reference(case, fused):
     module, x = make(case)
@@ -115,7 +117,10 @@ def test_1d_and_3d_agree_with_2d_on_reshaped_input(pool):
 
 def test_1d_3d_match_reference():
     torch.manual_seed(1)
-    for module, x in ((SelfAttention1d(16, pool=3), torch.randn(2, 16, 10)), (SelfAttention3d(8, pool=2), torch.randn(1, 8, 3, 4, 5))):
+    for module, x in (
+        (SelfAttention1d(16, pool=3), torch.randn(2, 16, 10)),
+        (SelfAttention3d(8, pool=2), torch.randn(1, 8, 3, 4, 5)),
+    ):
         with torch.no_grad():
             module.gamma.fill_(1.3)
         y_ref, beta_ref = reference.self_attention(x.double(), module, float64_params(module))

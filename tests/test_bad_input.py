@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 import pytest
+import reference
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import reference
 from sagan import SelfAttention1d, SelfAttention2d, SelfAttention3d
 from sagan.cli import build_parser, main
 
@@ -59,7 +59,9 @@ def test_attention_gives_the_exact_result_or_a_clear_value_error(case):
     assert y.shape == x.shape and y.dtype == x.dtype == torch.float32
     if x.numel() == 0:
         return
-    expected, _ = reference.self_attention(x.double(), block, {n: p.detach().double() for n, p in block.named_parameters()})
+    expected, _ = reference.self_attention(
+        x.double(), block, {n: p.detach().double() for n, p in block.named_parameters()}
+    )
     if layout == "nan":  # NaN spreads through the softmax to every output that attends to it
         assert torch.isnan(y).any()
         return
@@ -76,14 +78,24 @@ def _options():
                 continue
             if action.type is None and action.choices is None:
                 continue  # free text (paths, names): checked after parsing, below
-            bad = "not-a-value" if action.choices else ("-3" if action.type is not None and "positive" in getattr(action.type, "__name__", "") else "x1")
+            bad = (
+                "not-a-value"
+                if action.choices
+                else ("-3" if action.type is not None and "positive" in getattr(action.type, "__name__", "") else "x1")
+            )
             yield name, action.option_strings[-1], bad
 
 
 @pytest.mark.parametrize("command, option, bad", list(_options()), ids=lambda v: str(v))
 def test_every_flag_with_a_wrong_value_is_one_line_and_exit_2(command, option, bad, capsys):
-    positional = {"sample": ["run"], "eval": ["run"], "attention": ["run"], "plot": ["run"], "export": ["run", "--out", "x"],
-                  "info": ["32"]}.get(command, [])
+    positional = {
+        "sample": ["run"],
+        "eval": ["run"],
+        "attention": ["run"],
+        "plot": ["run"],
+        "export": ["run", "--out", "x"],
+        "info": ["32"],
+    }.get(command, [])
     with pytest.raises(SystemExit) as exit_info:
         main([command, *positional, option, bad])
     assert exit_info.value.code == 2
@@ -95,7 +107,10 @@ def test_every_flag_with_a_wrong_value_is_one_line_and_exit_2(command, option, b
     "argv, message",
     [
         (["train", "--device", "tpu9"], "--device"),
-        (["train", "--device", "cuda:0"] if not torch.cuda.is_available() else ["train", "--data", "/nope"], "cuda" if not torch.cuda.is_available() else "/nope"),
+        (
+            ["train", "--device", "cuda:0"] if not torch.cuda.is_available() else ["train", "--data", "/nope"],
+            "cuda" if not torch.cuda.is_available() else "/nope",
+        ),
         (["train", "--data", "/no/such/folder", "--steps", "1"], "neither a built-in dataset"),
         (["train", "--data", "mnist", "--steps", "1"], "neither a built-in dataset"),
         (["train", "--resolution", "48", "--steps", "1"], "resolution=48 has no preset"),

@@ -18,8 +18,21 @@ from sagan.cli import main
 from sagan.runtime import Precision
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-TINY = ["--batch-size", "8", "--ch", "8", "--quiet", "--data-size", "64", "--sample-count", "4", "--log-every", "1",
-        "--device", "cuda"]
+TINY = [
+    "--batch-size",
+    "8",
+    "--ch",
+    "8",
+    "--quiet",
+    "--data-size",
+    "64",
+    "--sample-count",
+    "4",
+    "--log-every",
+    "1",
+    "--device",
+    "cuda",
+]
 
 
 def test_precision_choice_follows_the_device():
@@ -49,7 +62,11 @@ def test_cuda_resume_restores_the_cuda_rng(tmp_path):
     assert main(["train", "--steps", "2", "--out", str(tmp_path / "b"), *common]) == 0
     assert main(["train", "--resume", str(tmp_path / "b"), "--steps", "4", "--quiet"]) == 0
     a, b = load_latest(tmp_path / "a")[1]["rng"], load_latest(tmp_path / "b")[1]["rng"]
-    assert torch.equal(a["cuda"], b["cuda"]) and torch.equal(a["torch"], b["torch"]) and torch.equal(a["noise"], b["noise"])
+    assert (
+        torch.equal(a["cuda"], b["cuda"])
+        and torch.equal(a["torch"], b["torch"])
+        and torch.equal(a["noise"], b["noise"])
+    )
 
 
 @CUDA
@@ -61,4 +78,7 @@ def test_cuda_sample_and_export_round_trip(tmp_path):
     from sagan import Generator
 
     G = Generator.from_pretrained(str(tmp_path / "export")).cuda()
-    assert Path(tmp_path / "g.png").is_file() and G(torch.randn(2, 128, device="cuda"), torch.tensor([0, 1], device="cuda")).is_cuda
+    assert (
+        Path(tmp_path / "g.png").is_file()
+        and G(torch.randn(2, 128, device="cuda"), torch.tensor([0, 1], device="cuda")).is_cuda
+    )

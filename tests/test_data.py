@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sagan.data import StepSampler, build_dataset, load_cifar10, load_npz
-from sagan.shapes import CLASSES, ShapesDataset, ShapesStream
+from sagan.shapes import CLASSES, ShapesDataset
 
 
 # -- shapes ----------------------------------------------------------------------------------------
@@ -48,14 +48,6 @@ def test_shapes_hold_a_mirrored_pair():
     # and it is not an accident of the images: unrelated pairs do not line up
     x, y = data[0][0], data[1][0]
     assert (x == y.flip(2)).all(0).float().mean() < 0.01
-
-
-def test_shapes_stream_is_endless_and_matches_the_dataset():
-    stream = iter(ShapesStream(16, seed=2))
-    finite = ShapesDataset(16, size=5, seed=2)
-    for i in range(5):
-        x, y = next(stream)
-        assert torch.equal(x, finite[i][0]) and y == finite[i][1]
 
 
 # -- image folders ---------------------------------------------------------------------------------
@@ -144,6 +136,7 @@ def test_corrupt_npz(tmp_path):
 def _cifar_archive(path: Path, per_batch: int = 4, extra: dict | None = None) -> Path:
     rng = np.random.default_rng(0)
     with tarfile.open(path, "w:gz") as tar:
+
         def add(name: str, obj) -> None:
             payload = pickle.dumps(obj, protocol=2)
             info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
@@ -151,7 +144,13 @@ def _cifar_archive(path: Path, per_batch: int = 4, extra: dict | None = None) ->
             tar.addfile(info, io.BytesIO(payload))
 
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-            add(name, {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, per_batch).tolist()})
+            add(
+                name,
+                {
+                    b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                    b"labels": rng.integers(0, 10, per_batch).tolist(),
+                },
+            )
         add("batches.meta", {b"label_names": [f"class{i}".encode() for i in range(10)]})
         for name, obj in (extra or {}).items():
             add(name, obj)

@@ -41,8 +41,9 @@ def test_fid_is_zero_for_identical_sets_and_larger_for_different_ones(inception_
     real = ShapesDataset(32, size=n, seed=0)
     same = torch.stack([real[i][0] for i in torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()])
     identical = evaluate_generator(_Replay(same), real, n=n, metrics="fid,kid", inception_weights=inception_weights)
-    noise = evaluate_generator(_Replay(torch.rand(n, 3, 32, 32) * 2 - 1), real, n=n, metrics="fid,kid,is",
-                               inception_weights=inception_weights)
+    noise = evaluate_generator(
+        _Replay(torch.rand(n, 3, 32, 32) * 2 - 1), real, n=n, metrics="fid,kid,is", inception_weights=inception_weights
+    )
     print(identical, noise)
     assert abs(identical["fid"]) < 1e-3 and noise["fid"] > 1.0
     # KID is an unbiased estimate over random subsets: ~0 with some spread for equal sets
@@ -51,14 +52,18 @@ def test_fid_is_zero_for_identical_sets_and_larger_for_different_ones(inception_
 
 
 def test_eval_command_prints_and_logs(tiny_run, inception_weights, capsys):
-    assert main(["eval", tiny_run, "--n", "16", "--metrics", "fid,is,kid", "--inception-weights", inception_weights]) == 0
+    assert (
+        main(["eval", tiny_run, "--n", "16", "--metrics", "fid,is,kid", "--inception-weights", inception_weights]) == 0
+    )
     out = capsys.readouterr().out
     assert "step 6, 16 samples: FID" in out and "IS" in out and "KID" in out
     last = json.loads((Path(tiny_run) / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 6 and last["eval_n"] == 16 and set(last["eval"]) >= {"fid", "is", "kid"}
 
 
-def test_inception_weights_from_the_environment_and_bad_files(tiny_run, inception_weights, tmp_path, monkeypatch, capsys):
+def test_inception_weights_from_the_environment_and_bad_files(
+    tiny_run, inception_weights, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("SAGAN_INCEPTION_WEIGHTS", str(tmp_path / "missing.pth"))
     assert main(["eval", tiny_run, "--n", "4", "--metrics", "fid"]) == 2
     assert "missing.pth do not exist" in capsys.readouterr().err
@@ -88,9 +93,35 @@ def test_offline_without_weights_says_where_to_put_them(tiny_run, tmp_path, monk
 
 def test_train_with_eval_every_keeps_best_by_fid(tmp_path, inception_weights):
     run = tmp_path / "run"
-    assert main(["train", "--steps", "4", "--out", str(run), "--batch-size", "8", "--ch", "8", "--quiet", "--data-size", "32",
-                 "--eval-every", "2", "--eval-n", "12", "--inception-weights", inception_weights,
-                 "--sample-every", "100", "--checkpoint-every", "100"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--steps",
+                "4",
+                "--out",
+                str(run),
+                "--batch-size",
+                "8",
+                "--ch",
+                "8",
+                "--quiet",
+                "--data-size",
+                "32",
+                "--eval-every",
+                "2",
+                "--eval-n",
+                "12",
+                "--inception-weights",
+                inception_weights,
+                "--sample-every",
+                "100",
+                "--checkpoint-every",
+                "100",
+            ]
+        )
+        == 0
+    )
     evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "eval" in x]
     assert [e["step"] for e in evals] == [2, 4] and all("fid" in e["eval"] for e in evals)
     from sagan.checkpoint import load_checkpoint
@@ -102,7 +133,10 @@ def test_train_with_eval_every_keeps_best_by_fid(tmp_path, inception_weights):
 
 def test_attention_picture_for_g_and_d(tiny_run, tmp_path):
     out = tmp_path / "attn.png"
-    assert main(["attention", tiny_run, "--points", "4,4;27,27", "--layer", "G.attn16", "--class", "1", "--out", str(out)]) == 0
+    assert (
+        main(["attention", tiny_run, "--points", "4,4;27,27", "--layer", "G.attn16", "--class", "1", "--out", str(out)])
+        == 0
+    )
     picture = np.asarray(Image.open(out).convert("RGB")).astype(int)
     panel = 192
     assert picture.shape == (panel, 3 * panel + 2 * 4, 3)  # image + one overlay per point
@@ -110,7 +144,10 @@ def test_attention_picture_for_g_and_d(tiny_run, tmp_path):
     assert np.abs(first - second).mean() > 1.0  # different query points, different maps
     real = tmp_path / "real.png"
     Image.new("RGB", (50, 40), (200, 30, 30)).save(real)
-    assert main(["attention", tiny_run, "--layer", "D.attn16", "--image", str(real), "--out", str(tmp_path / "d.png")]) == 0
+    assert (
+        main(["attention", tiny_run, "--layer", "D.attn16", "--image", str(real), "--out", str(tmp_path / "d.png")])
+        == 0
+    )
     assert Image.open(tmp_path / "d.png").size == (5 * panel + 4 * 4, panel)  # four default points
     assert main(["attention", tiny_run, "--layer", "G.attn8", "--out", str(tmp_path / "x.png")]) == 2
     assert main(["attention", tiny_run, "--points", "40,1", "--out", str(tmp_path / "x.png")]) == 2

@@ -15,11 +15,25 @@ import pytest
 import torch
 from PIL import Image
 
-import sagan.checkpoint as checkpoint
+from sagan import checkpoint
 from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from sagan.cli import main
 
-TINY = ["--batch-size", "4", "--ch", "8", "--threads", "1", "--quiet", "--data-size", "64", "--sample-count", "4", "--log-every", "1"]
+TINY = [
+    "--batch-size",
+    "4",
+    "--ch",
+    "8",
+    "--threads",
+    "1",
+    "--quiet",
+    "--data-size",
+    "64",
+    "--sample-count",
+    "4",
+    "--log-every",
+    "1",
+]
 
 
 def _assert_nothing_corrupt(run: Path) -> None:
@@ -43,10 +57,18 @@ def test_kill_9_five_times_then_resume(tmp_path):
     rng = random.Random(0)
     started = False
     for kill in range(5):
-        args = ["--resume", str(run)] if started else ["--out", str(run), "--steps", str(steps), "--checkpoint-every", str(every),
-                                                       "--sample-every", "3"] + TINY
-        proc = subprocess.Popen([sys.executable, "-m", "sagan", "train", *args], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        args = (
+            ["--resume", str(run)]
+            if started
+            else ["--out", str(run), "--steps", str(steps), "--checkpoint-every", str(every), "--sample-every", "3"]
+            + TINY
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sagan", "train", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         # a random moment, once training is under way (a new checkpoint since the last kill)
         before = load_latest(run)[1]["step"] if started else -1
         deadline = time.time() + 120
@@ -60,10 +82,18 @@ def test_kill_9_five_times_then_resume(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         started = True
-        reached = max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.endswith("}"))
+        reached = max(
+            json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.endswith("}")
+        )
         saved = load_latest(run)[1]["step"]
         assert reached - saved <= every, f"kill {kill}: reached step {reached} but the newest checkpoint is {saved}"
-    done = subprocess.run([sys.executable, "-m", "sagan", "train", "--resume", str(run)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "sagan", "train", "--resume", str(run)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert load_latest(run)[1]["step"] == steps
     _assert_nothing_corrupt(run)
@@ -72,8 +102,15 @@ def test_kill_9_five_times_then_resume(tmp_path):
 
 
 def _tiny_state(step: int) -> dict:
-    return {"format_version": checkpoint.FORMAT_VERSION, "step": step, "config": {}, "model_config": {},
-            "G": {"w": torch.full((3,), float(step))}, "D": {}, "G_ema": {}}
+    return {
+        "format_version": checkpoint.FORMAT_VERSION,
+        "step": step,
+        "config": {},
+        "model_config": {},
+        "G": {"w": torch.full((3,), float(step))},
+        "D": {},
+        "G_ema": {},
+    }
 
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES])
@@ -126,6 +163,8 @@ def test_truncated_checkpoint_is_named_and_resume_falls_back(tmp_path, capsys):
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3])
     with pytest.raises(CheckpointError, match="checkpoint-00000004.pt is truncated or corrupt"):
         load_checkpoint(newest)
-    with pytest.warns(UserWarning, match="checkpoint-00000004.pt is truncated or corrupt .*falling back to the previous"):
+    with pytest.warns(
+        UserWarning, match="checkpoint-00000004.pt is truncated or corrupt .*falling back to the previous"
+    ):
         assert main(["train", "--resume", str(run), "--steps", "6", "--quiet"]) == 0
     assert load_latest(run)[1]["step"] == 6

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
 from sagan import PRESETS, Discriminator, Generator, SelfAttention2d
 from sagan.losses import LOSSES, get_loss
@@ -56,8 +56,10 @@ def test_every_layer_is_spectrally_normalised(num_classes, shared):
 
 def _attention_inputs(net, run):
     seen = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: seen.__setitem__(n, tuple(inp[0].shape[2:])))
-             for n, m in net.attention_blocks().items()]
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, n=n: seen.__setitem__(n, tuple(inp[0].shape[2:])))
+        for n, m in net.attention_blocks().items()
+    ]
     run()
     for h in hooks:
         h.remove()
@@ -183,13 +185,17 @@ def test_unconditional_net_refuses_labels():
 
 def test_losses_match_their_formulas():
     real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-2.0, 0.0, 1.5])
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    sp = lambda v: torch.log1p(torch.exp(torch.tensor(v))).item()  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)
+    sp = lambda v: torch.log1p(torch.exp(torch.tensor(v))).item()
     expected = {
-        "hinge": (mean([max(0, 1 - r) for r in real.tolist()]) + mean([max(0, 1 + f) for f in fake.tolist()]),
-                  -mean(fake.tolist())),
-        "nonsaturating": (mean([sp(-r) for r in real.tolist()]) + mean([sp(f) for f in fake.tolist()]),
-                          mean([sp(-f) for f in fake.tolist()])),
+        "hinge": (
+            mean([max(0, 1 - r) for r in real.tolist()]) + mean([max(0, 1 + f) for f in fake.tolist()]),
+            -mean(fake.tolist()),
+        ),
+        "nonsaturating": (
+            mean([sp(-r) for r in real.tolist()]) + mean([sp(f) for f in fake.tolist()]),
+            mean([sp(-f) for f in fake.tolist()]),
+        ),
         "wasserstein": (mean(fake.tolist()) - mean(real.tolist()), -mean(fake.tolist())),
     }
     for name, (d, g) in expected.items():

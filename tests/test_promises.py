@@ -9,7 +9,6 @@ one line for malformed input, collectives in step, resume restores every RNG.
 from __future__ import annotations
 
 import errno
-import gzip
 import io
 import json
 import math
@@ -29,11 +28,25 @@ import pytest
 import torch
 from PIL import Image
 
-import sagan.checkpoint as checkpoint
+from sagan import checkpoint
 from sagan.checkpoint import list_checkpoints, load_checkpoint, load_latest
 from sagan.cli import main
 
-TINY = ["--batch-size", "4", "--ch", "8", "--threads", "1", "--quiet", "--data-size", "64", "--sample-count", "4", "--log-every", "1"]
+TINY = [
+    "--batch-size",
+    "4",
+    "--ch",
+    "8",
+    "--threads",
+    "1",
+    "--quiet",
+    "--data-size",
+    "64",
+    "--sample-count",
+    "4",
+    "--log-every",
+    "1",
+]
 
 
 def _one_line(capsys) -> str:
@@ -68,8 +81,11 @@ def test_no_file_we_read_runs_code(tiny_run, tmp_path, monkeypatch, capsys):
     _plant(tmp_path / "torch-home" / "hub" / "checkpoints" / INCEPTION_FILE, marker)
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    _plant(run / "best.pt", marker, lambda e: {"format_version": 2, "step": 1, "config": e, "model_config": {},
-                                                "G": {}, "D": {}, "G_ema": {}})
+    _plant(
+        run / "best.pt",
+        marker,
+        lambda e: {"format_version": 2, "step": 1, "config": e, "model_config": {}, "G": {}, "D": {}, "G_ema": {}},
+    )
     export = tmp_path / "export"
     assert main(["export", tiny_run, "--out", str(export)]) == 0
     _plant(export / "model.safetensors", marker)
@@ -141,7 +157,9 @@ def _all_finite(path: Path) -> bool:
     return all(torch.isfinite(v).all() for k in ("G", "D", "G_ema") for v in state[k].values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("flag, value", [("--lr-g", "inf"), ("--lr-d", "nan"), ("--ema-decay", "nan"), ("--beta2", "inf")])
+@pytest.mark.parametrize(
+    "flag, value", [("--lr-g", "inf"), ("--lr-d", "nan"), ("--ema-decay", "nan"), ("--beta2", "inf")]
+)
 def test_float_flags_refuse_inf_and_nan(flag, value, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", flag, value])
@@ -158,7 +176,9 @@ def test_weights_that_became_inf_are_never_saved(tmp_path, monkeypatch, capsys):
     run = tmp_path / "three"
     assert main(["train", "--steps", "3", "--checkpoint-every", "1", "--out", str(run), *TINY]) == 1
     assert "the last good checkpoint is" in (line := _one_line(capsys)) and "checkpoint-00000001.pt" in line
-    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-00000001.pt"] and _all_finite(run / "checkpoint-00000001.pt")
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-00000001.pt"] and _all_finite(
+        run / "checkpoint-00000001.pt"
+    )
 
 
 def test_export_refuses_non_finite_weights(tmp_path):
@@ -176,11 +196,14 @@ def test_export_refuses_non_finite_weights(tmp_path):
 # -- 3. an image that fails to decode does not end the run ----------------------------------------
 def _png_with_broken_zlib(path: Path) -> None:
     """A PNG whose chunks all have valid CRCs but whose IDAT is not zlib data: verify() passes, decoding fails."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not zlib data at all") + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not zlib data at all") + chunk(b"IEND", b"")
+    )
 
 
 def _image_folder(root: Path) -> Path:
@@ -201,8 +224,25 @@ def _image_folder(root: Path) -> Path:
 
 def test_images_that_fail_to_decode_are_replaced_and_resume_stays_exact(tmp_path):
     data = str(_image_folder(tmp_path / "images"))
-    common = ["--data", data, "--batch-size", "4", "--ch", "8", "--threads", "1", "--quiet", "--sample-count", "4", "--log-every", "1",
-              "--checkpoint-every", "3", "--sample-every", "100"]
+    common = [
+        "--data",
+        data,
+        "--batch-size",
+        "4",
+        "--ch",
+        "8",
+        "--threads",
+        "1",
+        "--quiet",
+        "--sample-count",
+        "4",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "3",
+        "--sample-every",
+        "100",
+    ]
     with pytest.warns(UserWarning, match="skipping an unreadable image"):
         assert main(["train", "--steps", "6", "--out", str(tmp_path / "straight"), *common]) == 0
     assert main(["train", "--steps", "3", "--out", str(tmp_path / "split"), *common]) == 0
@@ -226,8 +266,24 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
 # -- 4. one live process per run directory --------------------------------------------------------
 def test_a_second_process_in_a_run_directory_is_refused_and_kill_9_leaves_no_stale_lock(tmp_path, capsys):
     run = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "sagan", "train", "--steps", "100000", "--checkpoint-every", "100000",
-                              "--out", str(run), *TINY], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sagan",
+            "train",
+            "--steps",
+            "100000",
+            "--checkpoint-every",
+            "100000",
+            "--out",
+            str(run),
+            *TINY,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not (run / "metrics.jsonl").exists() and time.time() < deadline:
@@ -243,8 +299,10 @@ def test_a_second_process_in_a_run_directory_is_refused_and_kill_9_leaves_no_sta
 # -- 5. a full disk is one line and exit 2 --------------------------------------------------------
 def test_disk_full_as_torch_reports_it_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     def full(obj, fh, *args, **kwargs):  # what torch.save raises on ENOSPC: a RuntimeError with no errno
-        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
-                           "data/0: file write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file "
+            "data/0: file write failed"
+        )
 
     monkeypatch.setattr(checkpoint.torch, "save", full)
     run = tmp_path / "run"
@@ -254,7 +312,7 @@ def test_disk_full_as_torch_reports_it_is_one_line_and_exit_2(tmp_path, monkeypa
 
 
 def test_disk_full_while_writing_a_sample_grid_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
-    import sagan.viz as viz
+    from sagan import viz
 
     def full(path, write):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -278,7 +336,7 @@ def test_a_tiny_truncation_is_one_draw(tiny_run, tmp_path):
 
 
 def _resaved(tiny_run: str, tmp_path: Path, name: str, change) -> Path:
-    state = load_checkpoint(sorted(Path(tiny_run).glob("checkpoint-*.pt"))[-1])
+    state = load_checkpoint(max(Path(tiny_run).glob("checkpoint-*.pt")))
     change(state)
     path = tmp_path / name / "checkpoint-00000001.pt"
     path.parent.mkdir()
@@ -286,15 +344,24 @@ def _resaved(tiny_run: str, tmp_path: Path, name: str, change) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, change, message", [
-    ("wide", lambda s: s["model_config"]["generator"].update(ch=1500), "do not fit"),
-    ("classes", lambda s: (s["model_config"]["generator"].update(num_classes=10**8),
-                           s["model_config"]["discriminator"].update(num_classes=10**8)), "at most 100,000"),
-    ("list", lambda s: s.update(config=[1, 2]), "not a mapping"),
-    ("extra", lambda s: s["config"].update(wings=2), "unknown config field"),
-    ("negative", lambda s: s["model_config"]["generator"].update(ch=-4), "must be at least 1"),
-    ("type", lambda s: s["model_config"]["generator"].update(z_dim="128"), "should be of type"),
-])
+@pytest.mark.parametrize(
+    "name, change, message",
+    [
+        ("wide", lambda s: s["model_config"]["generator"].update(ch=1500), "do not fit"),
+        (
+            "classes",
+            lambda s: (
+                s["model_config"]["generator"].update(num_classes=10**8),
+                s["model_config"]["discriminator"].update(num_classes=10**8),
+            ),
+            "at most 100,000",
+        ),
+        ("list", lambda s: s.update(config=[1, 2]), "not a mapping"),
+        ("extra", lambda s: s["config"].update(wings=2), "unknown config field"),
+        ("negative", lambda s: s["model_config"]["generator"].update(ch=-4), "must be at least 1"),
+        ("type", lambda s: s["model_config"]["generator"].update(z_dim="128"), "should be of type"),
+    ],
+)
 def test_a_hostile_checkpoint_is_refused_before_anything_is_built(tiny_run, tmp_path, capsys, name, change, message):
     path = _resaved(tiny_run, tmp_path, name, change)
     started = time.time()
@@ -304,7 +371,10 @@ def test_a_hostile_checkpoint_is_refused_before_anything_is_built(tiny_run, tmp_
 
 def test_tiny_data_files_cannot_ask_for_huge_work(tmp_path, capsys):
     np.savez(tmp_path / "labels.npz", images=np.zeros((2, 8, 8, 3), np.uint8), labels=np.array([0, 10**8]))
-    assert main(["train", "--data", str(tmp_path / "labels.npz"), "--steps", "1", "--out", str(tmp_path / "a"), *TINY]) == 2
+    assert (
+        main(["train", "--data", str(tmp_path / "labels.npz"), "--steps", "1", "--out", str(tmp_path / "a"), *TINY])
+        == 2
+    )
     assert "100,000 classes" in _one_line(capsys)
     bomb = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(bomb, "w:gz", compresslevel=1) as tar:  # a member that inflates to 100 MB
@@ -318,15 +388,18 @@ def test_tiny_data_files_cannot_ask_for_huge_work(tmp_path, capsys):
 
 
 # -- 7. one line for malformed input, checked where it enters -------------------------------------
-@pytest.mark.parametrize("argv, message", [
-    (["sample", "RUN", "--n", "1000000000000"], "--n"),
-    (["sample", "RUN", "--device", "meta"], "cpu or cuda"),
-    (["train", "--data-size", "1e15"], "--data-size"),
-    (["train", "--data-size", "1000000000000000"], "--data-size"),
-    (["info", "32", "--ch", "100000"], "--ch"),
-    (["train", "--eval-every", "2", "--inception-weights", "/no/such/file", "--steps", "4"], "/no/such/file"),
-    (["train", "--eval-every", "2", "--eval-n", "1", "--steps", "4"], "--eval-n"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "RUN", "--n", "1000000000000"], "--n"),
+        (["sample", "RUN", "--device", "meta"], "cpu or cuda"),
+        (["train", "--data-size", "1e15"], "--data-size"),
+        (["train", "--data-size", "1000000000000000"], "--data-size"),
+        (["info", "32", "--ch", "100000"], "--ch"),
+        (["train", "--eval-every", "2", "--inception-weights", "/no/such/file", "--steps", "4"], "/no/such/file"),
+        (["train", "--eval-every", "2", "--eval-n", "1", "--steps", "4"], "--eval-n"),
+    ],
+)
 def test_bad_flags_are_one_line_before_any_work(argv, message, tiny_run, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     argv = [tiny_run if a == "RUN" else a for a in argv]
@@ -388,11 +461,43 @@ def test_collectives_use_the_runs_device(monkeypatch):
 
 def test_two_ranks_with_eval_every_run_to_the_end(tmp_path, inception_weights):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sagan", "train",
-           "--steps", "4", "--out", str(run), "--eval-every", "2", "--eval-n", "8", "--inception-weights", inception_weights,
-           "--checkpoint-every", "2", "--batch-size", "4", "--ch", "8", "--data-size", "64", "--sample-count", "4",
-           "--device", "cpu", "--quiet"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sagan",
+        "train",
+        "--steps",
+        "4",
+        "--out",
+        str(run),
+        "--eval-every",
+        "2",
+        "--eval-n",
+        "8",
+        "--inception-weights",
+        inception_weights,
+        "--checkpoint-every",
+        "2",
+        "--batch-size",
+        "4",
+        "--ch",
+        "8",
+        "--data-size",
+        "64",
+        "--sample-count",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, timeout=400, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
     assert [r["step"] for r in evals] == [2, 4] and (run / "best.pt").is_file()

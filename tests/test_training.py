@@ -20,7 +20,21 @@ from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint,
 from sagan.cli import main
 from sagan.models import Discriminator
 
-TINY = ["--batch-size", "8", "--ch", "8", "--threads", "1", "--quiet", "--data-size", "64", "--sample-count", "12", "--log-every", "2"]
+TINY = [
+    "--batch-size",
+    "8",
+    "--ch",
+    "8",
+    "--threads",
+    "1",
+    "--quiet",
+    "--data-size",
+    "64",
+    "--sample-count",
+    "12",
+    "--log-every",
+    "2",
+]
 
 
 def test_a_short_run_writes_every_file(tiny_run):
@@ -73,8 +87,20 @@ def test_lr_decay_falls_linearly_to_zero_over_the_final_fraction():
 
 
 def test_a_decaying_run_resumes_on_its_schedule(tmp_path):
-    common = TINY + ["--steps", "6", "--checkpoint-every", "3", "--sample-every", "100", "--lr-decay", "0.5",
-                     "--lr-g", "3e-4", "--lr-d", "5e-4"]
+    common = TINY + [
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "3",
+        "--sample-every",
+        "100",
+        "--lr-decay",
+        "0.5",
+        "--lr-g",
+        "3e-4",
+        "--lr-d",
+        "5e-4",
+    ]
     assert main(["train", "--out", str(tmp_path / "straight")] + common) == 0
     _, state = load_latest(tmp_path / "straight")
     # the last step (5 of 0..5) ran at 1/3 of the rates: (6 - 5) / (0.5 * 6)
@@ -109,7 +135,7 @@ def test_a_wider_d_is_saved_rebuilt_and_kept_on_resume(tmp_path, capsys):
     model = json.loads((run / "config.json").read_text())["model"]
     assert (model["generator"]["ch"], model["discriminator"]["ch"]) == (8, 12)
     _, state = load_latest(run)
-    shapes = lambda weights: {k: v.shape for k, v in weights.items()}  # noqa: E731
+    shapes = lambda weights: {k: v.shape for k, v in weights.items()}
     assert shapes(state["D"]) == shapes(Discriminator(32, num_classes=6, ch=12).state_dict())
     assert main(["train", "--resume", str(run), "--ch-d", "16"]) == 2
     assert "trained with ch_d=12; --ch-d 16 conflicts" in capsys.readouterr().err
@@ -148,8 +174,11 @@ def test_an_existing_run_is_not_overwritten(tiny_run, capsys):
 def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sagan", "train", "--steps", "100000", "--out", str(run), "--checkpoint-every", "100000"] + TINY,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "sagan", "train", "--steps", "100000", "--out", str(run), "--checkpoint-every", "100000"]
+        + TINY,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:  # wait until it is really training
@@ -181,7 +210,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    import sagan.training as training
+    from sagan import training
     from sagan.losses import GANLoss, hinge_d, hinge_g
 
     calls = {"n": 0}
@@ -196,7 +225,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert main(["train", "--steps", "10", "--out", str(run), "--checkpoint-every", "2"] + TINY) == 1
     err = capsys.readouterr().err
     assert "NaN or Inf" in err and "checkpoint-00000004.pt" in err
-    path, state = load_latest(run)
+    _path, state = load_latest(run)
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["G"].values() if v.is_floating_point())
 
 
@@ -217,7 +246,12 @@ def test_wrong_checkpoint_version_and_config(tiny_run, tmp_path):
 
 def test_sample_writes_a_grid_and_single_images(tiny_run, tmp_path, capsys):
     grid = tmp_path / "grid.png"
-    assert main(["sample", tiny_run, "--n", "10", "--class", "2", "--seed", "1", "--truncation", "1.5", "--out", str(grid)]) == 0
+    assert (
+        main(
+            ["sample", tiny_run, "--n", "10", "--class", "2", "--seed", "1", "--truncation", "1.5", "--out", str(grid)]
+        )
+        == 0
+    )
     assert Image.open(grid).size == (4 * 34 + 2, 3 * 34 + 2)
     folder = tmp_path / "each"
     assert main(["sample", tiny_run, "--n", "3", "--out-dir", str(folder)]) == 0
@@ -300,7 +334,9 @@ def test_one_d_step_widens_the_gap_between_real_and_fake(loss_name):
 
     (real_after, fake_after), (real_control, fake_control) = judged(D), judged(control)
     assert loss.d(real_after, fake_after) < loss.d(real_control, fake_control)
-    if loss_name == "wasserstein":  # its gradient is exactly that of -(D(x) - D(G(z))); hinge's ignores saturated images
+    if (
+        loss_name == "wasserstein"
+    ):  # its gradient is exactly that of -(D(x) - D(G(z))); hinge's ignores saturated images
         assert (real_after.mean() - fake_after.mean()) > (real_control.mean() - fake_control.mean())
 
 

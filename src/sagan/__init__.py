@@ -11,14 +11,38 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 _WHERE = {
-    "SelfAttention1d": "attention", "SelfAttention2d": "attention", "SelfAttention3d": "attention",
-    "set_fused_attention": "attention", "use_fused_attention": "attention",
-    "Generator": "models", "Discriminator": "models", "PRESETS": "models", "build": "models",
-    "ModelConfig": "config", "TrainConfig": "config",
-    "train": "training", "TrainResult": "training",
+    "SelfAttention1d": "attention",
+    "SelfAttention2d": "attention",
+    "SelfAttention3d": "attention",
+    "set_fused_attention": "attention",
+    "use_fused_attention": "attention",
+    "Generator": "models",
+    "Discriminator": "models",
+    "PRESETS": "models",
+    "build": "models",
+    "ModelConfig": "config",
+    "TrainConfig": "config",
+    "train": "training",
+    "TrainResult": "training",
     "add_self_attention": "insert",
 }
-__all__ = [*_WHERE, "__version__"]
+__all__ = [
+    "PRESETS",
+    "Discriminator",
+    "Generator",
+    "ModelConfig",
+    "SelfAttention1d",
+    "SelfAttention2d",
+    "SelfAttention3d",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "add_self_attention",
+    "build",
+    "set_fused_attention",
+    "train",
+    "use_fused_attention",
+]
 
 if TYPE_CHECKING:
     from .attention import SelfAttention1d, SelfAttention2d, SelfAttention3d, set_fused_attention, use_fused_attention

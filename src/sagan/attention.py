@@ -21,8 +21,8 @@ which the tests compare the fused path against.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .spectral import add_spectral_norm
 
@@ -113,7 +113,7 @@ class _SelfAttentionNd(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         name = type(self).__name__
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+            raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 f"{name} expects a {_SHAPE_NAME[self.spatial_dims]} tensor of rank {self.spatial_dims + 2}, "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .config import ConfigError, ModelConfig, TrainConfig
 from .files import atomic_write, describe_write_error
@@ -78,8 +78,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"refused to load {path}: it holds objects other than tensors and plain data, which could run code "
             f"when unpickled ({first[:160]}); only load checkpoints written by sagan"
         ) from None
-    except Exception as err:  # torch raises RuntimeError, EOFError, zip errors... for damaged files
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(err).__name__}); use an earlier checkpoint") from None
+    except Exception as err:  # noqa: BLE001 (torch raises RuntimeError, EOFError, zip errors... for damaged files)
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(err).__name__}); use an earlier checkpoint"
+        ) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if k not in (state if isinstance(state, dict) else {})]
         raise CheckpointError(f"{path} is not a sagan training checkpoint (missing {missing})")
@@ -138,7 +140,10 @@ def generator_config_of(g: Any, source: str) -> ModelConfig:
 
 def nets_config(model: ModelConfig) -> dict[str, dict[str, Any]]:
     """What the nets' own `.config` dicts hold, for a resolved ModelConfig (attention lists filled in)."""
-    return {"generator": {**model.generator_kwargs(), **_GENERATOR_EXTRAS}, "discriminator": model.discriminator_kwargs()}
+    return {
+        "generator": {**model.generator_kwargs(), **_GENERATOR_EXTRAS},
+        "discriminator": model.discriminator_kwargs(),
+    }
 
 
 def model_config_of(nets: Any, source: str) -> ModelConfig:
@@ -147,7 +152,9 @@ def model_config_of(nets: Any, source: str) -> ModelConfig:
         raise CheckpointError(f"{source}: its model_config is not a mapping with 'generator' and 'discriminator'")
     model, d = generator_config_of(nets.get("generator"), source), nets["discriminator"]
     if set(d) != {"resolution", "num_classes", "ch", "attention"} or (d["resolution"], d["num_classes"]) != (
-            model.resolution, model.num_classes):
+        model.resolution,
+        model.num_classes,
+    ):
         raise CheckpointError(f"{source}: the discriminator's config {d} does not match the generator's")
     try:
         model.ch_d, model.attention_d = d["ch"], d["attention"]
@@ -201,17 +208,30 @@ class TrainState:
         from . import __version__
 
         nets = nets_config(self.config.model)
-        return {"format_version": FORMAT_VERSION, "sagan_version": __version__, "step": self.step,
-                "data_position": self.data_position, "config": asdict(self.config), "model_config": nets,
-                "classes": self.classes, "G": self.G, "D": self.D, "G_ema": self.G_ema, "opt_G": self.opt_G,
-                "opt_D": self.opt_D, "rng": self.rng, "best_fid": self.best_fid, "scaler": self.scaler}
+        return {
+            "format_version": FORMAT_VERSION,
+            "sagan_version": __version__,
+            "step": self.step,
+            "data_position": self.data_position,
+            "config": asdict(self.config),
+            "model_config": nets,
+            "classes": self.classes,
+            "G": self.G,
+            "D": self.D,
+            "G_ema": self.G_ema,
+            "opt_G": self.opt_G,
+            "opt_D": self.opt_D,
+            "rng": self.rng,
+            "best_fid": self.best_fid,
+            "scaler": self.scaler,
+        }
 
     def save(self, path: str | Path) -> Path:
         save_checkpoint(self.to_dict(), path)
         return Path(path)
 
     @classmethod
-    def from_dict(cls, state: dict[str, Any], path: str | Path) -> "TrainState":
+    def from_dict(cls, state: dict[str, Any], path: str | Path) -> TrainState:
         """Validate a loaded checkpoint: its config, and every tensor shape against that config."""
         from .models import Discriminator, Generator, state_shapes
 
@@ -231,12 +251,23 @@ class TrainState:
         for key in ("step", "data_position"):
             if not isinstance(state.get(key, 0), int) or state.get(key, 0) < 0:
                 raise CheckpointError(f"{path}: its {key} is not a non-negative integer")
-        return cls(config, classes, state["step"], state.get("data_position", 0), state["G"], state["D"],
-                   state["G_ema"], state.get("opt_G", {}), state.get("opt_D", {}), state.get("rng", {}),
-                   float(state.get("best_fid", math.inf)), state.get("scaler") or {})
+        return cls(
+            config,
+            classes,
+            state["step"],
+            state.get("data_position", 0),
+            state["G"],
+            state["D"],
+            state["G_ema"],
+            state.get("opt_G", {}),
+            state.get("opt_D", {}),
+            state.get("rng", {}),
+            float(state.get("best_fid", math.inf)),
+            state.get("scaler") or {},
+        )
 
     @classmethod
-    def load(cls, run_or_file: str | Path) -> tuple[Path, "TrainState"]:
+    def load(cls, run_or_file: str | Path) -> tuple[Path, TrainState]:
         """The newest loadable checkpoint of a run directory (or one file), validated."""
         path, state = resolve_checkpoint(run_or_file)
         return path, cls.from_dict(state, path)

@@ -19,9 +19,10 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from .config import MAX_WIDTH, ModelConfig, TrainConfig, check_value, default_text, flag_name
 
@@ -39,8 +40,11 @@ class _Parser(argparse.ArgumentParser):
 def _number(kind: type, name: str, rules: dict[str, Any]) -> Callable[[str], Any]:
     """An argparse type: parse `kind`, refuse inf/nan, and apply the config field's `rules`."""
     lowest = rules.get("min")
-    description = ("a positive integer" if lowest == 1 else "a non-negative integer" if lowest == 0 else "an integer") \
-        if kind is int else ("a non-negative number" if lowest == 0 else "a number")
+    description = (
+        ("a positive integer" if lowest == 1 else "a non-negative integer" if lowest == 0 else "an integer")
+        if kind is int
+        else ("a non-negative number" if lowest == 0 else "a number")
+    )
 
     def parse(text: str) -> Any:
         try:
@@ -63,7 +67,9 @@ def resolutions(text: str) -> list[int]:
     try:
         values = [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of resolutions such as 16,32") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of resolutions such as 16,32"
+        ) from None
     if any(not 1 <= v <= 256 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: resolutions must lie in 1..256")
     return values
@@ -75,7 +81,7 @@ def points(text: str) -> list[tuple[int, int]]:
     except ValueError:
         out = []
     if not out or any(len(p) != 2 for p in out) or len(out) > 16:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of up to 16 points such as \"8,8;24,16\"")
+        raise argparse.ArgumentTypeError(f'{text!r} is not a list of up to 16 points such as "8,8;24,16"')
     return out  # type: ignore[return-value]
 
 
@@ -100,19 +106,27 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
                 for name in off:
                     p.add_argument(name, dest=f.name, action="store_false", help=f"the opposite of {on}")
             elif "choices" in rules:
-                p.add_argument(flag_name(f.name), choices=rules["choices"], help=text,
-                               type=int if kind.startswith("int") else None)
+                p.add_argument(
+                    flag_name(f.name), choices=rules["choices"], help=text, type=int if kind.startswith("int") else None
+                )
             elif kind.startswith("list"):
                 p.add_argument(flag_name(f.name), type=resolutions, help=text)
             elif kind.startswith(("int", "float")):
-                p.add_argument(flag_name(f.name), type=_number(int if kind.startswith("int") else float, f.name, rules), help=text)
+                p.add_argument(
+                    flag_name(f.name), type=_number(int if kind.startswith("int") else float, f.name, rules), help=text
+                )
             else:
                 p.add_argument(flag_name(f.name), help=text)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a SAGAN", description="Train a SAGAN. With no flags: 32-pixel shapes, "
-                       "sized for the device (on a CPU: 15-30 minutes on 2 free cores).", argument_default=argparse.SUPPRESS)
+    p = sub.add_parser(
+        "train",
+        help="train a SAGAN",
+        description="Train a SAGAN. With no flags: 32-pixel shapes, "
+        "sized for the device (on a CPU: 15-30 minutes on 2 free cores).",
+        argument_default=argparse.SUPPRESS,
+    )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest loadable checkpoint")
     add_config_flags(p)
     p.set_defaults(func=_train)
@@ -179,13 +193,22 @@ def _sample(args: argparse.Namespace) -> int:
     if args.out_dir:
         folder = Path(args.out_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        for start, images, _ in iter_generate(G, args.n, seed=args.seed, class_index=args.class_index,
-                                              truncation=args.truncation, device=device, progress=True):
+        for start, images, _ in iter_generate(
+            G,
+            args.n,
+            seed=args.seed,
+            class_index=args.class_index,
+            truncation=args.truncation,
+            device=device,
+            progress=True,
+        ):
             for i, image in enumerate(to_uint8(images)):
                 save_png(image, folder / f"{start + i:06d}.png")
         print(f"wrote {args.n} images to {folder}")
     else:
-        images, _ = generate(G, args.n, seed=args.seed, class_index=args.class_index, truncation=args.truncation, device=device)
+        images, _ = generate(
+            G, args.n, seed=args.seed, class_index=args.class_index, truncation=args.truncation, device=device
+        )
         out = Path(args.out or "samples.png")
         save_grid(images, out)
         print(f"wrote a grid of {len(images)} images to {out}")
@@ -195,8 +218,12 @@ def _sample(args: argparse.Namespace) -> int:
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="a preset's architecture and parameter counts")
     p.add_argument("preset", type=_number(int, "resolution", {"min": 1}), help="32, 64, 128 or 256")
-    p.add_argument("--num-classes", type=_number(int, "num_classes", {"min": 0, "max": 100_000}), default=None,
-                   help="default: 1000 for 128, else 0")
+    p.add_argument(
+        "--num-classes",
+        type=_number(int, "num_classes", {"min": 0, "max": 100_000}),
+        default=None,
+        help="default: 1000 for 128, else 0",
+    )
     p.add_argument("--ch", type=_number(int, "ch", {"min": 1, "max": MAX_WIDTH}), default=64)
     p.add_argument("--z-dim", type=_number(int, "z_dim", {"min": 1, "max": 4096}), default=128)
     p.set_defaults(func=_info)
@@ -233,9 +260,16 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="FID / IS / KID of a trained generator (torch-fidelity)")
     _add_source(p)
     p.add_argument("--data", help="real data to compare with (default: the run's training data)")
-    p.add_argument("--n", type=positive_int, default=50_000, help="generated samples, and at most as many real images (default 50000)")
+    p.add_argument(
+        "--n",
+        type=positive_int,
+        default=50_000,
+        help="generated samples, and at most as many real images (default 50000)",
+    )
     p.add_argument("--metrics", default="fid,is,kid", help="comma-separated subset of fid,is,kid (default all)")
-    p.add_argument("--inception-weights", help="local Inception weights file (offline machines); or set SAGAN_INCEPTION_WEIGHTS")
+    p.add_argument(
+        "--inception-weights", help="local Inception weights file (offline machines); or set SAGAN_INCEPTION_WEIGHTS"
+    )
     p.add_argument("--seed", type=any_int, default=0)
     p.add_argument("--truncation", type=positive_float)
     p.add_argument("--device", default="auto")
@@ -255,15 +289,26 @@ def _eval(args: argparse.Namespace) -> int:
     inception = load_inception_state(args.inception_weights)
     G, state = load_generator(args.source, use_ema=args.ema)
     train = state.config
-    dataset = build_dataset(args.data or train.data, G.resolution, seed=train.seed, shapes_size=train.data_size,
-                            data_dir=args.data_dir)
-    results = evaluate_generator(G.to(device), dataset, n=args.n, metrics=metrics, inception_weights=inception,
-                                 seed=args.seed, device=device, truncation=args.truncation, progress=True)
+    dataset = build_dataset(
+        args.data or train.data, G.resolution, seed=train.seed, shapes_size=train.data_size, data_dir=args.data_dir
+    )
+    results = evaluate_generator(
+        G.to(device),
+        dataset,
+        n=args.n,
+        metrics=metrics,
+        inception_weights=inception,
+        seed=args.seed,
+        device=device,
+        truncation=args.truncation,
+        progress=True,
+    )
     print(f"step {state.step}, {args.n} samples: " + ", ".join(f"{k.upper()} {v:.4g}" for k, v in results.items()))
     run_dir = Path(args.source) if Path(args.source).is_dir() else Path(args.source).parent
     if (run_dir / "config.json").is_file():  # a run directory: keep the result with the run
-        MetricsLog(run_dir / "metrics.jsonl").write({"step": state.step, "eval": results, "eval_n": args.n,
-                                                     "ema": args.ema, "data": args.data or train.data})
+        MetricsLog(run_dir / "metrics.jsonl").write(
+            {"step": state.step, "eval": results, "eval_n": args.n, "ema": args.ema, "data": args.data or train.data}
+        )
     return 0
 
 
@@ -286,15 +331,16 @@ def _attention(args: argparse.Namespace) -> int:
 
     G, state = load_generator(args.source, use_ema=args.ema)
     D = discriminator_from(state, args.source)
-    layer = args.layer or sorted(G.attention_blocks())[0]
+    layer = args.layer or min(G.attention_blocks())
     image = None
     if args.image:
         path = Path(args.image)
         if not path.is_file():
             raise FileNotFoundError(f"--image {path} does not exist")
         image = load_image(path, G.resolution)
-    picture = attention_picture(G, layer, D=D, seed=args.seed, class_index=args.class_index,
-                                points=args.points, image=image)
+    picture = attention_picture(
+        G, layer, D=D, seed=args.seed, class_index=args.class_index, points=args.points, image=image
+    )
     save_pil(picture, args.out)
     print(f"wrote attention maps of {layer} to {args.out}")
     return 0
@@ -347,7 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_train, _add_sample, _add_eval, _add_attention, _add_plot, _add_export, _add_info]
+    _add_train,
+    _add_sample,
+    _add_eval,
+    _add_attention,
+    _add_plot,
+    _add_export,
+    _add_info,
+]
 
 
 def _warning_line(message: Any, category: type, filename: str, lineno: int, line: str | None = None) -> str:
@@ -376,6 +429,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # a bug, or a case nobody foresaw: one line, and how to see more
         if os.environ.get(DEBUG_ENV):
             raise
-        print(f"sagan {args.command}: internal error: {type(err).__name__}: {_one_line(err)[:300]} "
-              f"(set {DEBUG_ENV}=1 for the traceback, and please report it)", file=sys.stderr)
+        print(
+            f"sagan {args.command}: internal error: {type(err).__name__}: {_one_line(err)[:300]} "
+            f"(set {DEBUG_ENV}=1 for the traceback, and please report it)",
+            file=sys.stderr,
+        )
         return 1

@@ -28,8 +28,8 @@ MAX_DATA_SIZE = 10**7  # shapes images: the sampler keeps one permutation of thi
 #: What None picks, by device type: on a CPU a run that a 2-core laptop finishes in minutes, on a
 #: GPU the paper's recipe. docs/tuning.md has the trials behind the CPU row.
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cpu": dict(ch=16, ch_d=24, batch_size=16, steps=4600, lr_g=2e-4),
-    "cuda": dict(ch=64, ch_d=64, batch_size=64, steps=100_000, lr_g=1e-4),
+    "cpu": {"ch": 16, "ch_d": 24, "batch_size": 16, "steps": 4600, "lr_g": 2e-4},
+    "cuda": {"ch": 64, "ch_d": 64, "batch_size": 64, "steps": 100_000, "lr_g": 1e-4},
 }
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 LOSS_CHOICES = ("hinge", "nonsaturating", "wasserstein")
@@ -79,12 +79,18 @@ def _check_types(cls: type, data: dict[str, Any], source: str) -> dict[str, Any]
     for name, value in data.items():
         kind = str(known[name].type)
         ok = (value is None and "None" in kind) or (
-            isinstance(value, bool) if kind.startswith("bool") else
-            isinstance(value, int) and not isinstance(value, bool) if kind.startswith("int") else
-            isinstance(value, (int, float)) and not isinstance(value, bool) if kind.startswith("float") else
-            isinstance(value, str) if kind.startswith("str") else
-            isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            if kind.startswith("list") else False)
+            isinstance(value, bool)
+            if kind.startswith("bool")
+            else isinstance(value, int) and not isinstance(value, bool)
+            if kind.startswith("int")
+            else isinstance(value, (int, float)) and not isinstance(value, bool)
+            if kind.startswith("float")
+            else isinstance(value, str)
+            if kind.startswith("str")
+            else isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            if kind.startswith("list")
+            else False
+        )
         if not ok:
             raise ConfigError(f"{source}: config field {name}={value!r} should be of type {kind}")
     return {k: float(v) if str(known[k].type).startswith("float") and v is not None else v for k, v in data.items()}
@@ -96,16 +102,25 @@ class ModelConfig:
 
     resolution: int = _field(32, "image size: one of 32, 64, 128, 256", min=1)
     z_dim: int = _field(128, "length of the noise vector z", min=1, max=MAX_Z)
-    num_classes: int | None = _field(None, "classes of a conditional model (None: from the data; 0: unconditional)",
-                                     min=0, max=MAX_CLASSES, cli=False)
+    num_classes: int | None = _field(
+        None,
+        "classes of a conditional model (None: from the data; 0: unconditional)",
+        min=0,
+        max=MAX_CLASSES,
+        cli=False,
+    )
     ch: int | None = _field(None, "G's base width, and D's unless --ch-d is given", min=1, max=MAX_WIDTH)
-    ch_d: int | None = _field(None, "D's base width (default: --ch; 24 with the CPU's default ch 16)", min=1, max=MAX_WIDTH)
-    attention_g: list[int] | None = _field(None, "G feature resolutions with self-attention, e.g. 16 (default: preset)",
-                                           min=1, max=256)
-    attention_d: list[int] | None = _field(None, "D feature resolutions with self-attention (default: preset)",
-                                           min=1, max=256)
+    ch_d: int | None = _field(
+        None, "D's base width (default: --ch; 24 with the CPU's default ch 16)", min=1, max=MAX_WIDTH
+    )
+    attention_g: list[int] | None = _field(
+        None, "G feature resolutions with self-attention, e.g. 16 (default: preset)", min=1, max=256
+    )
+    attention_d: list[int] | None = _field(
+        None, "D feature resolutions with self-attention (default: preset)", min=1, max=256
+    )
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         for f in fields(self):
             check_value(f.name, getattr(self, f.name), dict(f.metadata))
         if self.resolution not in RESOLUTIONS:
@@ -113,18 +128,27 @@ class ModelConfig:
         return self
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "ModelConfig":
+    def from_dict(cls, data: Any, source: str) -> ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: the model config is a {type(data).__name__}, not a mapping")
         return cls(**_check_types(cls, data, source)).validate()
 
     def generator_kwargs(self) -> dict[str, Any]:
-        return dict(resolution=self.resolution, z_dim=self.z_dim, num_classes=self.num_classes or 0, ch=self.ch,
-                    attention=self.attention_g)
+        return {
+            "resolution": self.resolution,
+            "z_dim": self.z_dim,
+            "num_classes": self.num_classes or 0,
+            "ch": self.ch,
+            "attention": self.attention_g,
+        }
 
     def discriminator_kwargs(self) -> dict[str, Any]:
-        return dict(resolution=self.resolution, num_classes=self.num_classes or 0, ch=self.ch_d,
-                    attention=self.attention_d)
+        return {
+            "resolution": self.resolution,
+            "num_classes": self.num_classes or 0,
+            "ch": self.ch_d,
+            "attention": self.attention_d,
+        }
 
 
 @dataclass
@@ -136,13 +160,18 @@ class TrainConfig:
     steps: int | None = _field(None, "generator steps", min=1, max=MAX_STEPS)
     batch_size: int | None = _field(None, "images per process and step", min=1, max=MAX_BATCH)
     out: str | None = _field(None, "run directory (default runs/<timestamp>)")
-    conditional: bool | None = _field(None, "class-conditional (default: when the data has labels)",
-                                      flag=("--conditional", "--unconditional"))
+    conditional: bool | None = _field(
+        None, "class-conditional (default: when the data has labels)", flag=("--conditional", "--unconditional")
+    )
     loss: str = _field("hinge", "GAN loss", choices=LOSS_CHOICES)
     lr_g: float | None = _field(None, "generator learning rate", min=0, below=1)
     lr_d: float = _field(4e-4, "discriminator learning rate (two-timescale: 4x G's in the paper)", min=0, below=1)
-    lr_decay: float = _field(0.0, "final fraction of the run over which both rates fall linearly to 0 "
-                             "(0: constant, as in the paper)", min=0, below=1)
+    lr_decay: float = _field(
+        0.0,
+        "final fraction of the run over which both rates fall linearly to 0 (0: constant, as in the paper)",
+        min=0,
+        below=1,
+    )
     beta1: float = _field(0.0, "Adam beta1", min=0, below=1)
     beta2: float = _field(0.9, "Adam beta2", min=0, below=1)
     d_steps: int = _field(1, "D steps per G step", min=1, max=100)
@@ -150,13 +179,21 @@ class TrainConfig:
     seed: int = _field(0, "seed for weights, data order and noise", min=0, max=2**62)
     device: str = _field("auto", "auto, cpu, cuda or cuda:N")
     compile: bool = _field(False, "torch.compile the networks", flag=("--compile", "--no-compile"))
-    amp: str = _field("auto", "mixed precision: auto (bf16 on GPUs that have it, else fp16 with a grad scaler; "
-                      "off on CPU), bf16, fp16 or off", choices=AMP_CHOICES)
+    amp: str = _field(
+        "auto",
+        "mixed precision: auto (bf16 on GPUs that have it, else fp16 with a grad scaler; "
+        "off on CPU), bf16, fp16 or off",
+        choices=AMP_CHOICES,
+    )
     channels_last: bool = _field(True, "NHWC convs in a single process", flag=("--channels-last", "--no-channels-last"))
-    sync_bn: bool = _field(True, "batch-norm statistics over all processes under DDP", flag=("--sync-bn", "--no-sync-bn"))
+    sync_bn: bool = _field(
+        True, "batch-norm statistics over all processes under DDP", flag=("--sync-bn", "--no-sync-bn")
+    )
     fused_attention: bool = _field(True, "fused attention kernel (off: the explicit N x N reference path)", cli=False)
     num_workers: int | None = _field(None, "data-loading processes (default: 0 on CPU, up to 8 on GPU)", min=0, max=64)
-    threads: int | None = _field(None, "CPU threads (default: the cores that are idle now, at least 1)", min=1, max=1024)
+    threads: int | None = _field(
+        None, "CPU threads (default: the cores that are idle now, at least 1)", min=1, max=1024
+    )
     data_dir: str | None = _field(None, "folder of downloaded datasets (default $SAGAN_DATA or ~/.cache/sagan)")
     download: bool = _field(False, "fetch CIFAR-10 if it is not in --data-dir (needs internet)", flag=("--download",))
     data_size: int = _field(50_000, "images in the shapes dataset", min=1, max=MAX_DATA_SIZE)
@@ -166,22 +203,23 @@ class TrainConfig:
     keep_checkpoints: int = _field(2, "checkpoints kept", min=1, max=10_000)
     sample_count: int = _field(64, "images in each sample grid", min=1, max=1024)
     quiet: bool = _field(False, "no progress bar", flag=("--quiet",))
-    tensorboard: bool = _field(False, "also write TensorBoard events (pip install 'sagan-pytorch[tensorboard]')",
-                               flag=("--tensorboard",))
+    tensorboard: bool = _field(
+        False, "also write TensorBoard events (pip install 'sagan-pytorch[tensorboard]')", flag=("--tensorboard",)
+    )
     eval_every: int = _field(0, "steps between evaluations (0: never); keeps best.pt by FID", min=0)
     eval_n: int = _field(5000, "samples per evaluation", min=2, max=1_000_000)
     eval_metrics: str = _field("fid", "comma-separated subset of fid,is,kid")
     inception_weights: str | None = _field(None, "local Inception weights file for evaluation (offline machines)")
 
     @classmethod
-    def create(cls, **values: Any) -> "TrainConfig":
+    def create(cls, **values: Any) -> TrainConfig:
         """A config from flat keyword arguments: model fields (ch, resolution, ...) go into `model`."""
         model_names = {f.name for f in fields(ModelConfig)}
         model = {k: values.pop(k) for k in list(values) if k in model_names}
         return cls(model=ModelConfig(**model), **values)
 
     @classmethod
-    def from_run(cls, run_or_checkpoint: str | Path) -> "TrainConfig":
+    def from_run(cls, run_or_checkpoint: str | Path) -> TrainConfig:
         """The config a run was trained with (from its newest loadable checkpoint), to continue or vary it."""
         from .checkpoint import TrainState
 
@@ -194,8 +232,8 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "TrainConfig":
-        """A config read from a file (nested, or the flat layout of format-1 checkpoints), type-checked and validated."""
+    def from_dict(cls, data: Any, source: str) -> TrainConfig:
+        """A config read from a file (nested, or format 1's flat layout), type-checked and validated."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: the training config is a {type(data).__name__}, not a mapping")
         data = dict(data)
@@ -209,7 +247,7 @@ class TrainConfig:
                 data["amp"] = {True: "bf16", False: "off", None: "auto"}[legacy_amp]
         return cls(model=model, **_check_types(cls, data, source)).validate()
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check every field's range (the same rules as the flags); returns self. Raises ConfigError."""
         self.model.validate()
         for f in fields(self):
@@ -217,10 +255,12 @@ class TrainConfig:
                 check_value(f.name, getattr(self, f.name), dict(f.metadata))
         unknown = [m for m in self.eval_metrics.split(",") if m.strip().lower() not in METRIC_CHOICES]
         if unknown or not self.eval_metrics.strip():
-            raise ConfigError(f"--eval-metrics {self.eval_metrics!r}: choose from {','.join(METRIC_CHOICES)} (comma-separated)")
+            raise ConfigError(
+                f"--eval-metrics {self.eval_metrics!r}: choose from {','.join(METRIC_CHOICES)} (comma-separated)"
+            )
         return self
 
-    def resolved(self, device_type: str, processes: int = 1) -> tuple["TrainConfig", list[str]]:
+    def resolved(self, device_type: str, processes: int = 1) -> tuple[TrainConfig, list[str]]:
         """A copy with the device's defaults in the None fields, and the `name=value` picks it made.
 
         A single CPU process gets as many threads as cores are idle now; the number is saved with the

@@ -19,8 +19,8 @@ import pickle
 import tarfile
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -42,18 +42,22 @@ def default_data_dir() -> Path:
 
 def _resize_and_crop(resolution: int) -> v2.Compose:
     """Shorter side to R, centre crop to R x R, uint8 -> float in [-1, 1]."""
-    return v2.Compose([
-        v2.Resize(resolution, antialias=True),
-        v2.CenterCrop(resolution),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
-    ])
+    return v2.Compose(
+        [
+            v2.Resize(resolution, antialias=True),
+            v2.CenterCrop(resolution),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),
+        ]
+    )
 
 
 class ArrayDataset(Dataset):
     """Images held in memory as a (N, H, W, 3) uint8 array, with optional labels."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None, classes: list[str], resolution: int, source: str) -> None:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray | None, classes: list[str], resolution: int, source: str
+    ) -> None:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"{source}: images must be a (N, H, W, 3) uint8 array, got {images.shape} {images.dtype}")
         if len(images) == 0:
@@ -61,10 +65,15 @@ class ArrayDataset(Dataset):
         if labels is not None:
             labels = np.asarray(labels)
             if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-                raise ValueError(f"{source}: labels must be ({len(images)},) non-negative integers, got {labels.shape} {labels.dtype}")
+                raise ValueError(
+                    f"{source}: labels must be ({len(images)},) non-negative integers, "
+                    f"got {labels.shape} {labels.dtype}"
+                )
             if int(labels.max()) >= MAX_CLASSES:
-                raise ValueError(f"{source}: a label of {int(labels.max())} means over {MAX_CLASSES:,} classes; "
-                                 f"number the classes 0, 1, 2, ...")
+                raise ValueError(
+                    f"{source}: a label of {int(labels.max())} means over {MAX_CLASSES:,} classes; "
+                    f"number the classes 0, 1, 2, ..."
+                )
             if classes and int(labels.max()) >= len(classes):
                 raise ValueError(f"{source}: a label of {int(labels.max())} but only {len(classes)} class names")
             classes = classes or [str(i) for i in range(int(labels.max()) + 1)]
@@ -120,9 +129,15 @@ def load_npz(path: str | Path, resolution: int) -> ArrayDataset:
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """CIFAR-10's batches are pickles: allow numpy arrays and plain containers, nothing that runs code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"),
-               ("_codecs", "encode")}  # how protocol-2 pickles written by Python 3 spell bytes
+    ALLOWED = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("_codecs", "encode"),
+        }
+    )  # how protocol-2 pickles written by Python 3 spell bytes
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -139,8 +154,14 @@ def _cifar_batch(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: str | P
     batch = _ArraysOnlyUnpickler(io.BytesIO(tar.extractfile(member).read()), encoding="bytes").load()
     data = batch.get(b"data") if isinstance(batch, dict) else None
     labels = batch.get(b"labels") if isinstance(batch, dict) else None
-    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or not isinstance(labels, list) \
-            or len(labels) != len(data) or not all(type(v) is int and 0 <= v < 10 for v in labels):
+    if (
+        not isinstance(data, np.ndarray)
+        or data.ndim != 2
+        or data.shape[1] != 3072
+        or not isinstance(labels, list)
+        or len(labels) != len(data)
+        or not all(type(v) is int and 0 <= v < 10 for v in labels)
+    ):
         raise ValueError(f"{archive}: {member.name} is not a CIFAR-10 batch (a dict of 3072-byte rows and labels 0-9)")
     return data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
@@ -158,8 +179,10 @@ def load_cifar10(archive: str | Path, resolution: int, split: str = "train") -> 
             members: dict[str, tarfile.TarInfo] = {}
             for count, member in enumerate(tar):
                 if count >= _CIFAR_MAX_MEMBERS or member.size > _CIFAR_MAX_MEMBER_BYTES:
-                    raise ValueError(f"{archive} is not CIFAR-10's python archive: it has a member of "
-                                     f"{member.size:,} bytes or over {_CIFAR_MAX_MEMBERS} members")
+                    raise ValueError(
+                        f"{archive} is not CIFAR-10's python archive: it has a member of "
+                        f"{member.size:,} bytes or over {_CIFAR_MAX_MEMBERS} members"
+                    )
                 if member.isfile():
                     members[Path(member.name).name] = member
             missing = [n for n in names if n not in members]
@@ -170,13 +193,16 @@ def load_cifar10(archive: str | Path, resolution: int, split: str = "train") -> 
                 images.append(data)
                 labels.extend(batch_labels)
             if "batches.meta" in members:
-                meta = _ArraysOnlyUnpickler(io.BytesIO(tar.extractfile(members["batches.meta"]).read()), encoding="bytes").load()
+                meta = _ArraysOnlyUnpickler(
+                    io.BytesIO(tar.extractfile(members["batches.meta"]).read()), encoding="bytes"
+                ).load()
                 names_ = meta.get(b"label_names") if isinstance(meta, dict) else None
                 if isinstance(names_, list) and len(names_) == 10 and all(isinstance(c, bytes) for c in names_):
                     classes = [c.decode(errors="replace") for c in names_]
     except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError, KeyError, AttributeError, TypeError) as err:
-        raise ValueError(f"{archive} is not a readable CIFAR-10 python archive ({type(err).__name__}: {err}); "
-                         f"download it again") from None
+        raise ValueError(
+            f"{archive} is not a readable CIFAR-10 python archive ({type(err).__name__}: {err}); download it again"
+        ) from None
     return ArrayDataset(np.concatenate(images), np.asarray(labels, dtype=np.int64), classes, resolution, str(archive))
 
 
@@ -228,7 +254,7 @@ def load_image(path: str | Path, resolution: int | None = None, transform: v2.Co
         with Image.open(path) as im:
             im.load()  # decode now: a file cut short or with broken data fails here, not later
             image = torch.from_numpy(_pil_to_uint8(im)).permute(2, 0, 1)
-    except Exception as err:  # PIL's error types for bad files vary by format
+    except Exception as err:  # noqa: BLE001 (PIL's error types for bad files vary by format)
         raise ValueError(f"cannot read image {path} ({type(err).__name__}: {err})") from None
     return (transform or _resize_and_crop(resolution))(image)
 
@@ -256,7 +282,10 @@ class ImageFolderDataset(Dataset):
             self.classes = []
             self.samples = [(p, 0) for p in _list_images(root)]
         if not self.samples:
-            raise ValueError(f"no readable images in {root}; put {'/'.join(IMAGE_EXTENSIONS)} files in it or in one subfolder per class")
+            raise ValueError(
+                f"no readable images in {root}; put {'/'.join(IMAGE_EXTENSIONS)} files in it "
+                f"or in one subfolder per class"
+            )
         self.root, self.transform = root, _resize_and_crop(resolution)
         self.unreadable: set[Path] = set()
 
@@ -276,11 +305,12 @@ class ImageFolderDataset(Dataset):
                 return load_image(path, transform=self.transform), label
             except ValueError as err:
                 if not self.unreadable:
-                    warnings.warn(f"skipping an unreadable image, replaced by the next readable one: {err}; "
-                                  f"further ones are counted at the end")
+                    warnings.warn(
+                        f"skipping an unreadable image, replaced by the next readable one: {err}; "
+                        f"further ones are counted at the end"
+                    )
                 self.unreadable.add(path)
         raise ValueError(f"no readable images in {self.root}: every one of {len(self.samples)} files failed to decode")
-
 
 
 def build_dataset(
@@ -299,14 +329,19 @@ def build_dataset(
         return load_cifar10(cifar10_archive(Path(data_dir) if data_dir else default_data_dir(), download), resolution)
     path = Path(data)
     if not path.exists():
-        raise FileNotFoundError(f"--data {data!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor an existing file or folder")
+        raise FileNotFoundError(
+            f"--data {data!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor an existing file or folder"
+        )
     if path.is_dir():
         return ImageFolderDataset(path, resolution)
     if path.suffix == ".npz":
         return load_npz(path, resolution)
     if path.name.endswith((".tar.gz", ".tgz")):
         return load_cifar10(path, resolution)
-    raise ValueError(f"--data {data!r}: cannot read {path.suffix or 'this'} files; give a folder of images, an .npz file or cifar-10-python.tar.gz")
+    raise ValueError(
+        f"--data {data!r}: cannot read {path.suffix or 'this'} files; "
+        f"give a folder of images, an .npz file or cifar-10-python.tar.gz"
+    )
 
 
 class StepSampler(Sampler[int]):
@@ -320,8 +355,9 @@ class StepSampler(Sampler[int]):
     (torch's DistributedSampler has the per-epoch seeding and sharding but cannot start mid-epoch.)
     """
 
-    def __init__(self, length: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 start_position: int = 0) -> None:
+    def __init__(
+        self, length: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, start_position: int = 0
+    ) -> None:
         self.length, self.batch_size, self.seed = length, batch_size, seed
         self.rank, self.world_size, self.start_position = rank, world_size, start_position
 

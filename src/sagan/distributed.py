@@ -17,8 +17,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
-import torch.nn as nn
-
+from torch import nn
 
 #: Set to `gloo` to run several processes on one GPU (nccl refuses two ranks on one device).
 BACKEND_ENV = "SAGAN_DIST_BACKEND"
@@ -68,8 +67,9 @@ def init_distributed(device: torch.device) -> Distributed:
     return Distributed(rank, local_rank, world_size, device)
 
 
-def fresh_namespace(store: dist.Store, rank: int, world_size: int,
-                    timeout: timedelta = timedelta(minutes=10), poll_s: float = 0.05) -> dist.Store:
+def fresh_namespace(
+    store: dist.Store, rank: int, world_size: int, timeout: timedelta = timedelta(minutes=10), poll_s: float = 0.05
+) -> dist.Store:
     """A prefix of `store` that no earlier generation of this job has written to.
 
     torchrun's agent keeps one TCPStore for the whole job and gives it to the workers of every
@@ -93,7 +93,9 @@ def fresh_namespace(store: dist.Store, rank: int, world_size: int,
             if not pending:
                 return dist.PrefixStore(f"sagan/{me}/", store)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"ranks {sorted(pending)} did not join within {timeout}; check that every node started")
+                raise RuntimeError(
+                    f"ranks {sorted(pending)} did not join within {timeout}; check that every node started"
+                )
             time.sleep(poll_s)
     joined = None
     while True:
@@ -129,6 +131,7 @@ def process_group(device: torch.device) -> Iterator[Distributed]:
 def restart_count() -> int:
     """How many times torchrun's elastic agent has restarted this job (0 outside torchrun)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
 
 def any_rank(flag: bool | torch.Tensor, ctx: Distributed) -> bool:
     """True on every rank if it is True on any rank (a stop request that reached one process, a NaN).
@@ -181,11 +184,16 @@ def synchronise_batchnorm(module: nn.Module, device_type: str) -> nn.Module:
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
-            synced = CrossRankBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
-                                          device=child.running_mean.device)  # where the module already lives
+            synced = CrossRankBatchNorm2d(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+                device=child.running_mean.device,
+            )  # where the module already lives
             synced.load_state_dict(child.state_dict())
             setattr(module, name, synced)
         else:
             synchronise_batchnorm(child, device_type)
     return module
-

@@ -21,14 +21,18 @@ from .spectral import bake_spectral_norm
 WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE = "model.safetensors", "config.json", "generator.onnx"
 
 
-def export_generator(G: Generator, out_dir: str | Path, classes: list[str] | None = None, onnx: bool = False) -> list[Path]:
+def export_generator(
+    G: Generator, out_dir: str | Path, classes: list[str] | None = None, onnx: bool = False
+) -> list[Path]:
     """Write G's weights and config to out_dir (atomically); returns the files written. Refuses non-finite weights."""
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise ValueError(f"the generator has NaN or Inf weights ({len(bad)} tensors, first {bad[0]}); export an earlier checkpoint")
+        raise ValueError(
+            f"the generator has NaN or Inf weights ({len(bad)} tensors, first {bad[0]}); export an earlier checkpoint"
+        )
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -53,22 +57,30 @@ def load_pretrained(folder: str | Path) -> Generator:
     folder = Path(folder)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} is missing; make the folder with `sagan export RUN --out {folder}`")
+            raise FileNotFoundError(
+                f"{folder / name} is missing; make the folder with `sagan export RUN --out {folder}`"
+            )
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"{folder / CONFIG_FILE} is not valid JSON ({err}); export the model again") from None
-    model = generator_config_of(config.get("generator") if isinstance(config, dict) else None, str(folder / CONFIG_FILE))
+    model = generator_config_of(
+        config.get("generator") if isinstance(config, dict) else None, str(folder / CONFIG_FILE)
+    )
     try:
         with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as fh:
-            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    except Exception as err:  # safetensors raises its own error type for files that are not its format
-        raise ValueError(f"{folder / WEIGHTS_FILE} is not a readable safetensors file ({err}); export the model again") from None
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except Exception as err:  # noqa: BLE001 (safetensors raises its own error types for files not of its format)
+        raise ValueError(
+            f"{folder / WEIGHTS_FILE} is not a readable safetensors file ({err}); export the model again"
+        ) from None
     expected = state_shapes(Generator, model.generator_kwargs())
     if shapes != expected:
         wrong = sorted(k for k in set(shapes) | set(expected) if shapes.get(k) != expected.get(k))
-        raise ValueError(f"{folder / WEIGHTS_FILE} does not fit the generator its config.json describes "
-                         f"({len(wrong)} tensor(s) differ, first {wrong[0]}); export the model again")
+        raise ValueError(
+            f"{folder / WEIGHTS_FILE} does not fit the generator its config.json describes "
+            f"({len(wrong)} tensor(s) differ, first {wrong[0]}); export the model again"
+        )
     from safetensors.torch import load_file
 
     G = build_generator(model)
@@ -92,7 +104,17 @@ def export_onnx(G: Generator, path: Path) -> Path:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        atomic_write(path, lambda fh: torch.onnx.export(G, args, fh, input_names=names, output_names=["image"],
-                                                        dynamic_axes={n: {0: "batch"} for n in names + ["image"]},
-                                                        opset_version=17, dynamo=False))
+        atomic_write(
+            path,
+            lambda fh: torch.onnx.export(
+                G,
+                args,
+                fh,
+                input_names=names,
+                output_names=["image"],
+                dynamic_axes={n: {0: "batch"} for n in names + ["image"]},
+                opset_version=17,
+                dynamo=False,
+            ),
+        )
     return path

@@ -11,8 +11,8 @@ import errno
 import io
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 TMP_PREFIX = ".tmp-"
 
@@ -86,17 +86,19 @@ class RunLock:
         self.path = Path(run_dir) / self.NAME
         self._fh: io.TextIOWrapper | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         import fcntl
 
-        fh = open(self.path, "a+")
+        fh = open(self.path, "a+")  # noqa: SIM115 (stays open: the lock lives as long as the file is open)
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            raise ValueError(f"{self.path.parent} is in use by {holder}; wait for it to finish, or pass another --out") from None
+            raise ValueError(
+                f"{self.path.parent} is in use by {holder}; wait for it to finish, or pass another --out"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"process {os.getpid()}")

@@ -8,8 +8,8 @@ orthogonal initialisation is what gets normalised.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -25,10 +25,9 @@ class ConditionalBatchNorm2d(nn.Module):
 
     Class embeddings carry a learnable scale s (stored as log s, starting at s = 1). Spectral
     norm sets the embedding matrix's largest singular value to exactly 1, which fixes how strongly
-    the class can act: rows of norm about 1, per-channel gains of about 1/sqrt(C). At C = 64 a
-    trained net sat there (rms 0.11-0.12) with classes that barely differed, and a fixed s =
-    sqrt(C) made each class collapse to one image. With s learnt, SN keeps the table's shape
-    well-conditioned while training picks the strength, as BigGAN's free shared embedding does.
+    the class can act: rows of norm about 1, per-channel gains of about 1/sqrt(C), too weak for
+    classes to differ. With s learnt, SN keeps the table well-conditioned while training picks the
+    strength, as BigGAN's free shared embedding does (docs/tuning.md has the trials).
 
     Shape:
         - x: (B, C, H, W); condition: (B,) class indices or (B, condition_dim).
@@ -111,7 +110,9 @@ class DownBlock(nn.Module):
     Shape: (B, in_channels, H, W) -> (B, out_channels, H/2, W/2), or H, W without downsampling.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, downsample: bool = True, preactivation: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, downsample: bool = True, preactivation: bool = True
+    ) -> None:
         super().__init__()
         self.preactivation = preactivation
         self.downsample = downsample

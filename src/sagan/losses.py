@@ -5,7 +5,8 @@ Each takes raw logits D(x) of shape (B,) and returns a scalar to minimise.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.utils.data import Dataset
 
 from .sampling import draw_inputs
@@ -40,7 +40,7 @@ def inception_hub_path() -> Path:
 
 
 def _offline_hint() -> str:
-    return (f"put {INCEPTION_FILE} at {inception_hub_path()}, or pass --inception-weights PATH (or set {INCEPTION_ENV})")
+    return f"put {INCEPTION_FILE} at {inception_hub_path()}, or pass --inception-weights PATH (or set {INCEPTION_ENV})"
 
 
 def load_inception_state(path: str | Path | None = None) -> dict[str, torch.Tensor]:
@@ -58,19 +58,28 @@ def load_inception_state(path: str | Path | None = None) -> dict[str, torch.Tens
 
         target.parent.mkdir(parents=True, exist_ok=True)
         try:  # the file name carries the first digits of its sha256, which torch hub checks
-            torch.hub.download_url_to_file(URL_INCEPTION_V3, str(target), hash_prefix=INCEPTION_FILE.split("-")[-1][:8],
-                                           progress=False)
-        except Exception as err:
-            raise ValueError(f"could not download the Inception weights ({type(err).__name__}: {str(err)[:120]}); on an "
-                             f"offline machine {_offline_hint()}") from None
+            torch.hub.download_url_to_file(
+                URL_INCEPTION_V3, str(target), hash_prefix=INCEPTION_FILE.split("-")[-1][:8], progress=False
+            )
+        except Exception as err:  # noqa: BLE001 (no network, a proxy, a bad hash: all say the same to the user)
+            raise ValueError(
+                f"could not download the Inception weights ({type(err).__name__}: {str(err)[:120]}); on an "
+                f"offline machine {_offline_hint()}"
+            ) from None
     try:
         state = torch.load(target, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"Inception weights {target} cannot be read safely as a state dict ({type(err).__name__}: "
-                         f"{' '.join(str(err).split())[:120]}); use torch-fidelity's {INCEPTION_FILE}") from None
+    except Exception as err:  # noqa: BLE001 (torch's refusals and damaged-file errors vary)
+        raise ValueError(
+            f"Inception weights {target} cannot be read safely as a state dict ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:120]}); use torch-fidelity's {INCEPTION_FILE}"
+        ) from None
     fc = state.get("fc.weight") if isinstance(state, dict) else None
-    if not isinstance(fc, torch.Tensor) or tuple(fc.shape) != (1008, 2048) or "Mixed_7c.branch1x1.conv.weight" not in state \
-            or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if (
+        not isinstance(fc, torch.Tensor)
+        or tuple(fc.shape) != (1008, 2048)
+        or "Mixed_7c.branch1x1.conv.weight" not in state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
         raise ValueError(f"{target} is not an Inception-v3 state dict for torch-fidelity (expected {INCEPTION_FILE})")
     return state
 
@@ -111,7 +120,9 @@ class _GeneratedImages(Dataset):
     see the same samples.
     """
 
-    def __init__(self, G: nn.Module, n: int, seed: int, device: torch.device, chunk: int = 64, truncation: float | None = None) -> None:
+    def __init__(
+        self, G: nn.Module, n: int, seed: int, device: torch.device, chunk: int = 64, truncation: float | None = None
+    ) -> None:
         self.z, self.y = draw_inputs(0, n, G.z_dim, G.num_classes, seed, truncation=truncation)
         self.G, self.device, self.chunk = G, device, chunk
         self._cached: tuple[int, torch.Tensor] | None = None
@@ -163,20 +174,33 @@ def evaluate_generator(
     G.eval()
     real_gen = torch.Generator().manual_seed(seed)
     real_indices = torch.randperm(len(dataset), generator=real_gen)[: min(n, len(dataset))].tolist()
-    kwargs = dict(
-        input1=_GeneratedImages(G, n, seed, device, chunk=batch_size, truncation=truncation),
-        input2=_AsUint8(dataset, real_indices),
-        cuda=device.type == "cuda", batch_size=batch_size, save_cpu_ram=True,  # no loader workers: G lives here
-        fid="fid" in names, isc="is" in names, kid="kid" in names,
-        kid_subset_size=min(1000, n, len(real_indices)), isc_splits=min(10, n),
-        feature_extractor="inception-v3-compat", feature_extractor_weights_path=weights,
-        cache=False, verbose=progress, rng_seed=seed,
-    )
+    kwargs = {
+        "input1": _GeneratedImages(G, n, seed, device, chunk=batch_size, truncation=truncation),
+        "input2": _AsUint8(dataset, real_indices),
+        "cuda": device.type == "cuda",
+        "batch_size": batch_size,
+        "save_cpu_ram": True,  # no loader workers: G lives here
+        "fid": "fid" in names,
+        "isc": "is" in names,
+        "kid": "kid" in names,
+        "kid_subset_size": min(1000, n, len(real_indices)),
+        "isc_splits": min(10, n),
+        "feature_extractor": "inception-v3-compat",
+        "feature_extractor_weights_path": weights,
+        "cache": False,
+        "verbose": progress,
+        "rng_seed": seed,
+    }
     try:
         with _weights_only_loads():
             raw = torch_fidelity.calculate_metrics(**kwargs)
     finally:
         G.train(was_training)
-    keys = {"frechet_inception_distance": "fid", "inception_score_mean": "is", "inception_score_std": "is_std",
-            "kernel_inception_distance_mean": "kid", "kernel_inception_distance_std": "kid_std"}
+    keys = {
+        "frechet_inception_distance": "fid",
+        "inception_score_mean": "is",
+        "inception_score_std": "is_std",
+        "kernel_inception_distance_mean": "kid",
+        "kernel_inception_distance_std": "kid_std",
+    }
     return {short: float(raw[long]) for long, short in keys.items() if long in raw}

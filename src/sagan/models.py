@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .attention import SelfAttention2d
 from .config import ModelConfig
@@ -94,8 +94,15 @@ def _check_labels(y: torch.Tensor | None, num_classes: int, batch: int, net: str
         raise ValueError(f"{net} expects y as ({batch},) integer class indices, got {tuple(y.shape)} {y.dtype}")
     # The range check reads values: on a GPU that would stall every forward, and under torch.compile
     # break the graph, so it runs for CPU tensors only (the data pipeline hands out valid labels).
-    if batch and y.device.type == "cpu" and not torch.compiler.is_compiling() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"{net} got class indices in [{int(y.min())}, {int(y.max())}]; they must lie in [0, {num_classes})")
+    if (
+        batch
+        and y.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and (int(y.min()) < 0 or int(y.max()) >= num_classes)
+    ):
+        raise ValueError(
+            f"{net} got class indices in [{int(y.min())}, {int(y.max())}]; they must lie in [0, {num_classes})"
+        )
 
 
 class Generator(nn.Module):
@@ -151,10 +158,19 @@ class Generator(nn.Module):
             raise ValueError("shared_embedding / hierarchical_z need a conditional generator (num_classes > 0)")
         num_chunks = len(widths)  # one for the 4x4 map, one per block
         if hierarchical_z and z_dim % num_chunks:
-            raise ValueError(f"hierarchical_z splits z into {num_chunks} chunks: z_dim={z_dim} must be a multiple of {num_chunks}")
-        self.config = dict(resolution=resolution, z_dim=z_dim, num_classes=num_classes, ch=ch,
-                           attention=list(attention), shared_embedding=shared_embedding,
-                           hierarchical_z=hierarchical_z, embed_dim=embed_dim)
+            raise ValueError(
+                f"hierarchical_z splits z into {num_chunks} chunks: z_dim={z_dim} must be a multiple of {num_chunks}"
+            )
+        self.config = {
+            "resolution": resolution,
+            "z_dim": z_dim,
+            "num_classes": num_classes,
+            "ch": ch,
+            "attention": list(attention),
+            "shared_embedding": shared_embedding,
+            "hierarchical_z": hierarchical_z,
+            "embed_dim": embed_dim,
+        }
         self.resolution, self.z_dim, self.num_classes = resolution, z_dim, num_classes
         self.chunk = z_dim // num_chunks if hierarchical_z else 0
         self.shared = nn.Embedding(num_classes, embed_dim) if shared_embedding else None
@@ -173,7 +189,7 @@ class Generator(nn.Module):
         apply_spectral_norm(self)
 
     @classmethod
-    def from_pretrained(cls, folder: str) -> "Generator":
+    def from_pretrained(cls, folder: str) -> Generator:
         """Load a generator written by `sagan export` (safetensors + config.json), in eval mode."""
         from .export import load_pretrained
 
@@ -226,15 +242,21 @@ class Discriminator(nn.Module):
         torch.Size([4])
     """
 
-    def __init__(self, resolution: int = 32, num_classes: int = 0, ch: int = 64, attention: tuple[int, ...] | None = None,
-                 fused_attention: bool | None = None) -> None:
+    def __init__(
+        self,
+        resolution: int = 32,
+        num_classes: int = 0,
+        ch: int = 64,
+        attention: tuple[int, ...] | None = None,
+        fused_attention: bool | None = None,
+    ) -> None:
         super().__init__()
         preset = get_preset(resolution)
         widths = [ch * m for m in preset.d_widths]
         resolutions = block_resolutions(resolution)[1]
         available = sorted(set(resolutions), reverse=True)
         attention = _check_attention(preset.d_attention if attention is None else attention, available, "Discriminator")
-        self.config = dict(resolution=resolution, num_classes=num_classes, ch=ch, attention=list(attention))
+        self.config = {"resolution": resolution, "num_classes": num_classes, "ch": ch, "attention": list(attention)}
         self.resolution, self.num_classes = resolution, num_classes
         self.blocks = nn.ModuleList()
         self.attention = nn.ModuleDict()
@@ -282,7 +304,9 @@ def count_parameters(net: nn.Module) -> int:
 
 def build(config: ModelConfig, fused_attention: bool | None = None) -> tuple[Generator, Discriminator]:
     """The generator and discriminator that a ModelConfig describes: the one way the nets are built."""
-    return build_generator(config, fused_attention), Discriminator(**config.discriminator_kwargs(), fused_attention=fused_attention)
+    return build_generator(config, fused_attention), Discriminator(
+        **config.discriminator_kwargs(), fused_attention=fused_attention
+    )
 
 
 def build_generator(config: ModelConfig, fused_attention: bool | None = None) -> Generator:

@@ -1,10 +1,10 @@
 """A run directory: its lock, `config.json`, `metrics.jsonl` and sample grids. Used by train, sample, eval and plot.
 
-    RUN/.lock                 held by the one process that trains into RUN (rank 0 under torchrun)
-    RUN/config.json           what the run is (TrainConfig, class names, processes)
-    RUN/metrics.jsonl         one JSON object per line: training records and evaluations
-    RUN/samples/step-N.png    sample grids of the EMA generator
-    RUN/checkpoint-N.pt       see sagan.checkpoint
+RUN/.lock                 held by the one process that trains into RUN (rank 0 under torchrun)
+RUN/config.json           what the run is (TrainConfig, class names, processes)
+RUN/metrics.jsonl         one JSON object per line: training records and evaluations
+RUN/samples/step-N.png    sample grids of the EMA generator
+RUN/checkpoint-N.pt       see sagan.checkpoint
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from typing_extensions import Self
 
 from .files import RunLock, atomic_write_json, atomic_write_text, remove_stale_temporaries
 
@@ -35,7 +37,11 @@ class MetricsLog:
                 record = json.loads(line)
             except (json.JSONDecodeError, RecursionError):
                 continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
+            if (
+                isinstance(record, dict)
+                and isinstance(record.get("step"), int)
+                and not isinstance(record["step"], bool)
+            ):
                 records.append(record)
         return records
 
@@ -57,14 +63,16 @@ class RunDirectory:
         self.lock = RunLock(self.path)
         self.metrics: MetricsLog | None = None
 
-    def open(self, config: dict[str, Any], resume_step: int | None) -> "RunDirectory":
+    def open(self, config: dict[str, Any], resume_step: int | None) -> RunDirectory:
         """Create and lock the folder, clear a killed process's temporaries, write config.json."""
         if not self.writer:
             return self
         try:
             (self.path / "samples").mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ValueError(f"cannot create the run directory {self.path}: {err.strerror}; pass another --out") from None
+            raise ValueError(
+                f"cannot create the run directory {self.path}: {err.strerror}; pass another --out"
+            ) from None
         self.lock.acquire()
         for folder in (self.path, self.path / "samples"):
             remove_stale_temporaries(folder)
@@ -82,10 +90,10 @@ class RunDirectory:
     def close(self) -> None:
         self.lock.release()
 
-    def __enter__(self) -> "RunDirectory":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -29,13 +29,13 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass(frozen=True)
 class Precision:
-    """Mixed precision for one device: the autocast dtype (None: full precision) and whether fp16 needs a grad scaler."""
+    """Mixed precision for one device: the autocast dtype (None: full precision); fp16 also needs grad scalers."""
 
     device_type: str
     dtype: torch.dtype | None
 
     @classmethod
-    def choose(cls, amp: str, device: torch.device) -> "Precision":
+    def choose(cls, amp: str, device: torch.device) -> Precision:
         """`auto`: bf16 on GPUs that support it, fp16 (with a grad scaler) on older ones, off on CPU."""
         if amp == "auto":
             amp = "off" if device.type != "cuda" else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")

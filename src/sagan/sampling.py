@@ -11,13 +11,18 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 BLOCK = 1024
 
 
-def sample_noise(n: int, z_dim: int, generator: torch.Generator | None = None, truncation: float | None = None,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_noise(
+    n: int,
+    z_dim: int,
+    generator: torch.Generator | None = None,
+    truncation: float | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """(n, z_dim) standard normal noise; with truncation T, normal noise restricted to [-T, T] (BigGAN's trick).
 
     The truncated draw inverts the normal CDF on [Phi(-T), Phi(T)]: one draw per entry, for any T > 0
@@ -26,15 +31,22 @@ def sample_noise(n: int, z_dim: int, generator: torch.Generator | None = None, t
     if truncation is None:
         return torch.randn(n, z_dim, generator=generator, device=device)
     if not truncation > 0 or not math.isfinite(truncation):
-        raise ValueError(f"truncation={truncation} must be a finite number > 0 (smaller trades variety for fidelity; 1-2 is typical)")
+        raise ValueError(
+            f"truncation={truncation} must be a finite number > 0 (smaller trades variety for fidelity; 1-2 is typical)"
+        )
     u = torch.rand(n, z_dim, generator=generator, device=device, dtype=torch.float64)
     low = 0.5 * math.erfc(truncation / math.sqrt(2))  # Phi(-T)
     z = math.sqrt(2) * torch.erfinv(2 * (low + u * (1 - 2 * low)) - 1)
     return z.clamp(-truncation, truncation).float()
 
 
-def sample_labels(n: int, num_classes: int, generator: torch.Generator | None = None, class_index: int | None = None,
-                  device: torch.device | str = "cpu") -> torch.Tensor | None:
+def sample_labels(
+    n: int,
+    num_classes: int,
+    generator: torch.Generator | None = None,
+    class_index: int | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor | None:
     """(n,) class labels: all `class_index`, or uniform over the classes; None for unconditional nets."""
     if num_classes == 0:
         if class_index is not None:
@@ -42,13 +54,22 @@ def sample_labels(n: int, num_classes: int, generator: torch.Generator | None = 
         return None
     if class_index is not None:
         if not 0 <= class_index < num_classes:
-            raise ValueError(f"--class {class_index} is outside [0, {num_classes}); the model has {num_classes} classes")
+            raise ValueError(
+                f"--class {class_index} is outside [0, {num_classes}); the model has {num_classes} classes"
+            )
         return torch.full((n,), class_index, dtype=torch.long, device=device)
     return torch.randint(num_classes, (n,), generator=generator, device=device)
 
 
-def draw_inputs(start: int, count: int, z_dim: int, num_classes: int, seed: int = 0, class_index: int | None = None,
-                truncation: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def draw_inputs(
+    start: int,
+    count: int,
+    z_dim: int,
+    num_classes: int,
+    seed: int = 0,
+    class_index: int | None = None,
+    truncation: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Noise (count, z_dim) and labels (count,) of images start .. start + count - 1 for this seed, on the CPU."""
     sample_labels(0, num_classes, class_index=class_index)  # checks the class before any work
     zs, ys = [], []
@@ -65,9 +86,17 @@ def draw_inputs(start: int, count: int, z_dim: int, num_classes: int, seed: int 
 
 
 @torch.no_grad()
-def iter_generate(G: nn.Module, n: int, *, seed: int = 0, class_index: int | None = None, truncation: float | None = None,
-                  batch_size: int = 64, device: torch.device | str = "cpu",
-                  progress: bool = False) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+def iter_generate(
+    G: nn.Module,
+    n: int,
+    *,
+    seed: int = 0,
+    class_index: int | None = None,
+    truncation: float | None = None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
     """(first index, images (b, 3, R, R) in [-1, 1] on the CPU, labels) for batches of the n images."""
     from tqdm.auto import tqdm
 
@@ -79,11 +108,22 @@ def iter_generate(G: nn.Module, n: int, *, seed: int = 0, class_index: int | Non
             yield start, images, y
 
 
-def generate(G: nn.Module, n: int, *, seed: int = 0, class_index: int | None = None, truncation: float | None = None,
-             batch_size: int = 64, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+def generate(
+    G: nn.Module,
+    n: int,
+    *,
+    seed: int = 0,
+    class_index: int | None = None,
+    truncation: float | None = None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """n images (n, 3, R, R) in [-1, 1] on the CPU, and their labels; image i depends only on (seed, i)."""
-    parts = list(iter_generate(G, n, seed=seed, class_index=class_index, truncation=truncation, batch_size=batch_size,
-                               device=device))
+    parts = list(
+        iter_generate(
+            G, n, seed=seed, class_index=class_index, truncation=truncation, batch_size=batch_size, device=device
+        )
+    )
     if not parts:
         return torch.empty(0, 3, G.resolution, G.resolution), sample_labels(0, G.num_classes, class_index=class_index)
     labels = None if parts[0][2] is None else torch.cat([y for _, _, y in parts])

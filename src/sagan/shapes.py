@@ -11,9 +11,12 @@ machine, worker and rank, so runs are reproducible and resumable.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset
 
 CLASSES = ("circle", "square", "triangle", "cross", "star", "ring")
 
@@ -30,7 +33,7 @@ def _signed_distance(name: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         edges = [(0.0, -1.0), (0.866, 0.5), (-0.866, 0.5)]
         return np.max([nx * x + ny * y for nx, ny in edges], axis=0) - 0.5
     if name == "cross":
-        arm = lambda a, b: np.maximum(np.abs(a) - 1.0, np.abs(b) - 0.32)  # noqa: E731
+        arm = lambda a, b: np.maximum(np.abs(a) - 1.0, np.abs(b) - 0.32)
         return np.minimum(arm(x, y), arm(y, x))
     if name == "star":  # five points: the radius swings between 0.45 and 1.05 with the angle
         angle = np.arctan2(x, y)
@@ -44,37 +47,57 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     return v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1)
 
 
-def render(index: int, resolution: int, seed: int = 0) -> tuple[np.ndarray, int]:
-    """Image `index` of the stream with this seed: (resolution, resolution, 3) float32 in [0, 1], class."""
+@dataclass(frozen=True)
+class ShapeDraw:
+    """The random choices behind one image: class, mirror axis, placement, colours (coordinates on [-1, 1])."""
+
+    label: int
+    vertical_pair: bool  # True: the copies sit above each other (mirrored across the horizontal centre line)
+    size: float
+    cx: float  # centre of the first copy along the mirrored axis; always < 0, the mirror copy at -cx
+    cy: float
+    theta: float
+    colour: np.ndarray
+    ends: tuple[np.ndarray, np.ndarray]
+    phi: float
+
+
+def draw(index: int, seed: int = 0) -> ShapeDraw:
+    """The choices behind image `index` of the stream with this seed (a pure function of both)."""
     rng = np.random.default_rng([seed, index])
     label = int(rng.integers(len(CLASSES)))
+    vertical_pair = bool(rng.random() < 0.5)
+    size = rng.uniform(0.32, 0.45)  # radius 5 to 7 pixels at 32: big enough for corners and points
+    cx = -rng.uniform(size + 0.06, 0.96 - size)  # first half; the mirror copy lands in the second
+    cy = rng.uniform(-0.92 + size, 0.92 - size)
+    theta = rng.uniform(-0.35, 0.35)  # near the canonical pose (+-20 degrees): one look per class and mirror axis
+    colour = _hsv_to_rgb(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0))
+    # A bright shape over a dark gradient of any two hues (docs/tuning.md: why no light backgrounds).
+    ends = tuple(_hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.7), rng.uniform(0.05, 0.35)) for _ in range(2))
+    return ShapeDraw(label, vertical_pair, size, cx, cy, theta, colour, ends, rng.uniform(0, 2 * np.pi))
+
+
+def render(index: int, resolution: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Image `index` of the stream with this seed: (resolution, resolution, 3) float32 in [0, 1], class."""
+    p = draw(index, seed)
     # Pixel centres on [-1, 1]; y grows downwards as in images.
     axis = (np.arange(resolution, dtype=np.float32) + 0.5) / resolution * 2 - 1
     y, x = np.meshgrid(axis, axis, indexing="ij")
-    if rng.random() < 0.5:  # mirror across the horizontal centre line instead: swap the roles of x and y
+    if p.vertical_pair:  # mirror across the horizontal centre line instead: swap the roles of x and y
         x, y = y, x
-    size = rng.uniform(0.32, 0.45)  # radius 5 to 7 pixels at 32: big enough for corners and points
-    cx = -rng.uniform(size + 0.06, 0.96 - size)  # left half; the mirror copy lands in the right half
-    cy = rng.uniform(-0.92 + size, 0.92 - size)
-    theta = rng.uniform(-0.35, 0.35)  # near the canonical pose (+-20 degrees): one look per class and mirror axis
-    cos, sin = np.cos(theta), np.sin(theta)
+    cos, sin = np.cos(p.theta), np.sin(p.theta)
     pixel = 2.0 / resolution
 
     def coverage(px: np.ndarray) -> np.ndarray:
-        u, v = (px - cx) / size, (y - cy) / size
-        d = _signed_distance(CLASSES[label], cos * u + sin * v, -sin * u + cos * v) * size
+        u, v = (px - p.cx) / p.size, (y - p.cy) / p.size
+        d = _signed_distance(CLASSES[p.label], cos * u + sin * v, -sin * u + cos * v) * p.size
         return np.clip(0.5 - d / pixel, 0.0, 1.0)  # anti-aliased edge, one pixel wide
 
     mask = np.maximum(coverage(x), coverage(-x))[..., None]  # the shape and its mirror image
-    colour = _hsv_to_rgb(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0))
-    # A bright shape over a dark gradient of any two hues. (A share of light backgrounds with dark
-    # shapes made short CPU runs smear whole classes into that second look: see the README.)
-    ends = [_hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.7), rng.uniform(0.05, 0.35)) for _ in range(2)]
-    phi = rng.uniform(0, 2 * np.pi)
-    t = ((np.cos(phi) * x + np.sin(phi) * y) / 2.0 + 0.5)[..., None]
-    background = ends[0] * (1 - t) + ends[1] * t
-    image = background * (1 - mask) + colour * mask
-    return image.astype(np.float32), label
+    t = ((np.cos(p.phi) * x + np.sin(p.phi) * y) / 2.0 + 0.5)[..., None]
+    background = p.ends[0] * (1 - t) + p.ends[1] * t
+    image = background * (1 - mask) + p.colour * mask
+    return image.astype(np.float32), p.label
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -97,7 +120,7 @@ class ShapesDataset(Dataset):
         (torch.Size([3, 32, 32]), True)
     """
 
-    classes = list(CLASSES)
+    classes: ClassVar[list[str]] = list(CLASSES)
 
     def __init__(self, resolution: int = 32, size: int = 50_000, seed: int = 0) -> None:
         if resolution < 1 or size < 1:
@@ -116,24 +139,3 @@ class ShapesDataset(Dataset):
             raise IndexError(f"index {index} is outside this shapes dataset of {self.size} images")
         image, label = render(index, self.resolution, self.seed)
         return _to_tensor(image), label
-
-    def stream(self) -> "ShapesStream":
-        """The endless version of this dataset (images size, size + 1, ... are new)."""
-        return ShapesStream(self.resolution, self.seed)
-
-
-class ShapesStream(IterableDataset):
-    """The endless shapes stream: yields images 0, 1, 2, ... (split across DataLoader workers)."""
-
-    classes = list(CLASSES)
-
-    def __init__(self, resolution: int = 32, seed: int = 0) -> None:
-        self.resolution, self.seed = resolution, seed
-
-    def __iter__(self):
-        worker = get_worker_info()
-        index, step = (worker.id, worker.num_workers) if worker else (0, 1)
-        while True:
-            image, label = render(index, self.resolution, self.seed)
-            yield _to_tensor(image), label
-            index += step

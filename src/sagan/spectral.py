@@ -9,7 +9,7 @@ one power iteration runs per forward pass in training mode.
 
 from __future__ import annotations
 
-import torch.nn as nn
+from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _torch_spectral_norm
 
@@ -27,7 +27,9 @@ def has_spectral_norm(layer: nn.Module) -> bool:
 def add_spectral_norm(layer: nn.Module) -> nn.Module:
     """Spectrally normalise one layer's `weight` in place (idempotent) and return it."""
     if not isinstance(layer, NORMALISED_LAYERS):
-        raise TypeError(f"spectral norm applies to {[t.__name__ for t in NORMALISED_LAYERS]}, not {type(layer).__name__}")
+        raise TypeError(
+            f"spectral norm applies to {[t.__name__ for t in NORMALISED_LAYERS]}, not {type(layer).__name__}"
+        )
     if not has_spectral_norm(layer):
         _torch_spectral_norm(layer)
     return layer
@@ -39,7 +41,6 @@ def apply_spectral_norm(root: nn.Module) -> nn.Module:
         if isinstance(layer, NORMALISED_LAYERS):
             add_spectral_norm(layer)
     return root
-
 
 
 def bake_spectral_norm(root: nn.Module) -> nn.Module:

@@ -13,15 +13,17 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from typing_extensions import Self
 
 from . import __version__
 from .checkpoint import TrainState, checkpoint_path, list_checkpoints, nets_config, prune_checkpoints
@@ -57,13 +59,21 @@ class TrainingStopped(Exception):
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss or a weight became NaN or Inf. Nothing non-finite was saved; the message names the last good checkpoint."""
+    """A loss or a weight became NaN or Inf. Nothing of it was saved; the message names the last good checkpoint."""
 
 
 # -- the two updates ----------------------------------------------------------------------------
-def d_step(D: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: GANLoss,
-           real: torch.Tensor, y_real: torch.Tensor | None, fake: torch.Tensor, y_fake: torch.Tensor | None,
-           precision: Precision) -> torch.Tensor:
+def d_step(
+    D: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss: GANLoss,
+    real: torch.Tensor,
+    y_real: torch.Tensor | None,
+    fake: torch.Tensor,
+    y_fake: torch.Tensor | None,
+    precision: Precision,
+) -> torch.Tensor:
     """One discriminator update on real and (detached) fake images, in one forward for both.
 
     Returns the detached [loss_d, mean D(x), mean D(G(z))] on the batch, before the update.
@@ -79,8 +89,16 @@ def d_step(D: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.Gra
     return torch.stack([loss_d.detach(), d_real.detach().mean(), d_fake.detach().mean()])
 
 
-def g_step(G: nn.Module, D: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: GANLoss,
-           z: torch.Tensor, y: torch.Tensor | None, precision: Precision) -> torch.Tensor:
+def g_step(
+    G: nn.Module,
+    D: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loss: GANLoss,
+    z: torch.Tensor,
+    y: torch.Tensor | None,
+    precision: Precision,
+) -> torch.Tensor:
     """One generator update through a frozen D (its weights get no gradient). Returns the detached loss_g."""
     D.requires_grad_(False)
     try:
@@ -119,7 +137,7 @@ class _StopRequest:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopRequest":
+    def __enter__(self) -> Self:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -133,7 +151,7 @@ class _StopRequest:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -145,19 +163,25 @@ def merge_resumed(given: TrainConfig, saved: TrainConfig, run_dir: Path) -> Trai
     for name in model_field_names():
         new, old = getattr(given.model, name), getattr(saved.model, name)
         if new is not None and new != old:
-            raise ConfigError(f"run {run_dir} was trained with {name}={old!r}; {flag_name(name)} {new!r} conflicts "
-                              f"with it. Drop {flag_name(name)} to continue the run, or start a new one with another --out")
+            raise ConfigError(
+                f"run {run_dir} was trained with {name}={old!r}; {flag_name(name)} {new!r} conflicts "
+                f"with it. Drop {flag_name(name)} to continue the run, or start a new one with another --out"
+            )
         model[name] = old
     fields = {k: (v if v is not None else getattr(saved, k)) for k, v in vars(given).items() if k != "model"}
     return replace(saved, **{**fields, "out": str(run_dir), "model": ModelConfig(**model)})
 
 
 def describe(config: TrainConfig, picked: list[str], device: torch.device) -> str:
-    where = ("on the CPU (2 free cores: about 15-30 minutes; the bar shows images/s)" if device.type == "cpu"
-             else f"on {device}")
+    where = (
+        "on the CPU (2 free cores: about 15-30 minutes; the bar shows images/s)"
+        if device.type == "cpu"
+        else f"on {device}"
+    )
     flags = "/".join(flag_name(p.split("=")[0]) for p in picked)
     return f"training the {config.model.resolution}-pixel preset {where}" + (
-        f"; picked {', '.join(picked)} (set {flags} to change)" if picked else "")
+        f"; picked {', '.join(picked)} (set {flags} to change)" if picked else ""
+    )
 
 
 @dataclass
@@ -194,7 +218,9 @@ class _Run:
 
     def next_real(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         real, y = next(self.batches)
-        memory_format = torch.channels_last if self.config.channels_last and not self.ctx.enabled else torch.preserve_format
+        memory_format = (
+            torch.channels_last if self.config.channels_last and not self.ctx.enabled else torch.preserve_format
+        )
         real = real.to(self.ctx.device, memory_format=memory_format, non_blocking=True)
         self.data_position += self.config.batch_size * self.ctx.world_size
         return real, (y.to(self.ctx.device, non_blocking=True) if self.num_classes else None)
@@ -214,26 +240,46 @@ class _Run:
         return state
 
     def state(self) -> TrainState:
-        return TrainState(self.config, self.classes, self.step, self.data_position, self.G.state_dict(),
-                          self.D.state_dict(), self.ema.model.state_dict(), self.opt_g.state_dict(),
-                          self.opt_d.state_dict(), self.rng_state(), self.best_fid,
-                          {"G": self.scaler_g.state_dict(), "D": self.scaler_d.state_dict()})
+        return TrainState(
+            self.config,
+            self.classes,
+            self.step,
+            self.data_position,
+            self.G.state_dict(),
+            self.D.state_dict(),
+            self.ema.model.state_dict(),
+            self.opt_g.state_dict(),
+            self.opt_d.state_dict(),
+            self.rng_state(),
+            self.best_fid,
+            {"G": self.scaler_g.state_dict(), "D": self.scaler_d.state_dict()},
+        )
 
     def check_finite(self, where: str, losses: torch.Tensor) -> None:
         """Stop on every rank, before anything is saved, if a loss or a weight of G, D or the EMA is not finite."""
         finite = all_finite([self.G, self.D, self.ema.model], self.ctx.device) & torch.isfinite(losses).all()
         if any_rank(~finite, self.ctx):
-            hint = f"the last good checkpoint is {self.last_good}" if self.last_good else "no checkpoint was saved before it"
-            raise TrainingDiverged(f"a loss or weight became NaN or Inf by step {self.step} ({where}); nothing of it was "
-                                   f"saved, {hint}. Lower --lr-d/--lr-g, then --resume {self.run_dir.path}")
+            hint = (
+                f"the last good checkpoint is {self.last_good}"
+                if self.last_good
+                else "no checkpoint was saved before it"
+            )
+            raise TrainingDiverged(
+                f"a loss or weight became NaN or Inf by step {self.step} ({where}); nothing of it was "
+                f"saved, {hint}. Lower --lr-d/--lr-g, then --resume {self.run_dir.path}"
+            )
 
 
-def _resume_from(config: TrainConfig, resume: str | Path | None, ctx: Distributed) -> tuple[TrainConfig, TrainState | None]:
+def _resume_from(
+    config: TrainConfig, resume: str | Path | None, ctx: Distributed
+) -> tuple[TrainConfig, TrainState | None]:
     """The config and saved state of the run to continue, if any (a restart under torchrun counts)."""
     run_dir = Path(resume) if resume else (Path(config.out) if config.out else None)
     if resume is None and run_dir is not None and list_checkpoints(run_dir):
         if restart_count() == 0:
-            raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pass another --out")
+            raise ValueError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pass another --out"
+            )
         resume = run_dir  # torchrun restarted us after a failure: pick the run up where it was saved
     if not resume:
         return config, None
@@ -243,7 +289,9 @@ def _resume_from(config: TrainConfig, resume: str | Path | None, ctx: Distribute
     return merge_resumed(config, state.config, Path(resume)), state
 
 
-def _build_nets(config: TrainConfig, state: TrainState | None, ctx: Distributed) -> tuple[Generator, Discriminator, EMA]:
+def _build_nets(
+    config: TrainConfig, state: TrainState | None, ctx: Distributed
+) -> tuple[Generator, Discriminator, EMA]:
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     G, D = build(config.model, fused_attention=config.fused_attention)
     # DDP's gradient buckets are laid out for contiguous weights: keep those under DDP.
@@ -265,17 +313,27 @@ def set_up(config: TrainConfig, resume: str | Path | None, ctx: Distributed) -> 
     config, picked = config.resolved(ctx.device.type, ctx.world_size)
     if config.threads:  # busy cores make torch's threads wait on each other: fewer run faster
         torch.set_num_threads(config.threads)
-    dataset = build_dataset(config.data, config.model.resolution, seed=config.seed, shapes_size=config.data_size,
-                            download=config.download and ctx.is_main, data_dir=config.data_dir)
+    dataset = build_dataset(
+        config.data,
+        config.model.resolution,
+        seed=config.seed,
+        shapes_size=config.data_size,
+        download=config.download and ctx.is_main,
+        data_dir=config.data_dir,
+    )
     if config.conditional and not dataset.num_classes:
-        raise ValueError(f"--conditional needs class labels, and {config.data} has none (use a folder with one subfolder per class)")
+        raise ValueError(
+            f"--conditional needs class labels, and {config.data} has none (use a folder with one subfolder per class)"
+        )
     use_labels = dataset.num_classes > 0 and config.conditional is not False
     num_classes = dataset.num_classes if use_labels else 0
     if state is None:
         config.model.num_classes = num_classes
     elif state.config.model.num_classes != num_classes:
-        raise ConfigError(f"run {config.out} was trained with num_classes={state.config.model.num_classes}; "
-                          f"--data {config.data} gives {num_classes}. Use the run's data, or start a new run")
+        raise ConfigError(
+            f"run {config.out} was trained with num_classes={state.config.model.num_classes}; "
+            f"--data {config.data} gives {num_classes}. Use the run's data, or start a new run"
+        )
     G, D, ema = _build_nets(config, state, ctx)
     config.model.attention_g, config.model.attention_d = G.config["attention"], D.config["attention"]
     precision = Precision.choose(config.amp, ctx.device)
@@ -293,30 +351,69 @@ def set_up(config: TrainConfig, resume: str | Path | None, ctx: Distributed) -> 
         torch.set_rng_state(state.rng["torch"])
         if ctx.device.type == "cuda" and "cuda" in state.rng:
             torch.cuda.set_rng_state(state.rng["cuda"], ctx.device)
-    wrap = (lambda m: DistributedDataParallel(m, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-            ) if ctx.enabled else (lambda m: m)
+    wrap = (
+        (lambda m: DistributedDataParallel(m, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None))
+        if ctx.enabled
+        else (lambda m: m)
+    )
     nets = [wrap(G), wrap(D), G, D]
     if config.compile:
         nets = [torch.compile(m) for m in nets]
     position = state.data_position if state else 0
     sampler = StepSampler(len(dataset), config.batch_size, config.seed, ctx.rank, ctx.world_size, position)
     # The loader seeds its workers from its own generator, not the global one: resume restores that exactly.
-    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                        pin_memory=ctx.device.type == "cuda", drop_last=True, persistent_workers=config.num_workers > 0,
-                        generator=torch.Generator().manual_seed(config.seed))
+    loader = DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        pin_memory=ctx.device.type == "cuda",
+        drop_last=True,
+        persistent_workers=config.num_workers > 0,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
     run_dir = RunDirectory(config.out, writer=ctx.is_main)
     classes = list(dataset.classes) if num_classes else []
-    run = _Run(config, ctx, precision, run_dir, dataset, classes, G, D, ema, *nets, opt_g, opt_d, scaler_g, scaler_d,
-               noise, iter(loader), state.step if state else 0, position, state.best_fid if state else math.inf)
-    run_dir.open({"sagan_version": __version__, "train": run.config.flat(), "model": nets_config(config.model), "classes": classes,
-                  "world_size": ctx.world_size, "effective_batch_size": config.batch_size * ctx.world_size},
-                 resume_step=run.step if state else None)
+    run = _Run(
+        config,
+        ctx,
+        precision,
+        run_dir,
+        dataset,
+        classes,
+        G,
+        D,
+        ema,
+        *nets,
+        opt_g,
+        opt_d,
+        scaler_g,
+        scaler_d,
+        noise,
+        iter(loader),
+        state.step if state else 0,
+        position,
+        state.best_fid if state else math.inf,
+    )
+    run_dir.open(
+        {
+            "sagan_version": __version__,
+            "train": run.config.flat(),
+            "model": nets_config(config.model),
+            "classes": classes,
+            "world_size": ctx.world_size,
+            "effective_batch_size": config.batch_size * ctx.world_size,
+        },
+        resume_step=run.step if state else None,
+    )
     if ctx.is_main:
         tqdm.write(f"sagan: {describe(config, picked, ctx.device)}")
         if not config.quiet:
-            tqdm.write(f"sagan: run {run_dir.path}: {len(dataset)} images, {num_classes or 'no'} classes, "
-                       f"batch {config.batch_size} x {ctx.world_size} process(es) = {config.batch_size * ctx.world_size}, "
-                       f"{precision.name}, {'resuming at step ' + str(run.step) if state else 'starting'}")
+            tqdm.write(
+                f"sagan: run {run_dir.path}: {len(dataset)} images, {num_classes or 'no'} classes, "
+                f"batch {config.batch_size} x {ctx.world_size} process(es) = {config.batch_size * ctx.world_size}, "
+                f"{precision.name}, {'resuming at step ' + str(run.step) if state else 'starting'}"
+            )
     return run
 
 
@@ -331,14 +428,20 @@ class _Reporter:
         gen = torch.Generator().manual_seed(c.seed + 2)
         self.fixed_z = sample_noise(c.sample_count, c.model.z_dim, gen).to(device)
         per_row = max(1, math.ceil(math.sqrt(c.sample_count)))  # one class per row of the grid
-        self.fixed_y = (torch.arange(c.sample_count) // per_row % run.num_classes).to(device) if run.num_classes else None
-        self.bar = tqdm(total=c.steps, initial=run.step, disable=c.quiet or not run.ctx.is_main, dynamic_ncols=True, unit="step")
+        self.fixed_y = (
+            (torch.arange(c.sample_count) // per_row % run.num_classes).to(device) if run.num_classes else None
+        )
+        self.bar = tqdm(
+            total=c.steps, initial=run.step, disable=c.quiet or not run.ctx.is_main, dynamic_ncols=True, unit="step"
+        )
         self.tb = None
         if c.tensorboard and run.ctx.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ValueError("--tensorboard needs the tensorboard package: pip install 'sagan-pytorch[tensorboard]'") from None
+                raise ValueError(
+                    "--tensorboard needs the tensorboard package: pip install 'sagan-pytorch[tensorboard]'"
+                ) from None
             self.tb = SummaryWriter(str(run.run_dir.path / "tensorboard"))
 
     def add(self, d_stats: torch.Tensor, loss_g: torch.Tensor) -> None:
@@ -354,9 +457,16 @@ class _Reporter:
         means = (self.totals / self.since).tolist()
         images = self.since * run.config.batch_size * run.ctx.world_size * run.config.d_steps
         blocks = {**run.G.attention_blocks(), **run.D.attention_blocks()}
-        record = {"step": run.step, "loss_d": means[0], "loss_g": means[1], "d_real": means[2], "d_fake": means[3],
-                  "gamma": {name: float(b.gamma.detach()) for name, b in blocks.items()},
-                  "images_per_s": images / (time.perf_counter() - self.t0), "time": time.time()}
+        record = {
+            "step": run.step,
+            "loss_d": means[0],
+            "loss_g": means[1],
+            "d_real": means[2],
+            "d_fake": means[3],
+            "gamma": {name: float(b.gamma.detach()) for name, b in blocks.items()},
+            "images_per_s": images / (time.perf_counter() - self.t0),
+            "time": time.time(),
+        }
         run.run_dir.log(record)
         if self.tb:
             for key in ("loss_d", "loss_g", "d_real", "d_fake", "images_per_s"):
@@ -404,9 +514,15 @@ def _evaluate(run: _Run, reporter: _Reporter, losses: torch.Tensor) -> None:
         return
     from .metrics import evaluate_generator  # torch-fidelity is imported only when asked for
 
-    results = evaluate_generator(run.ema.model, run.dataset, n=run.config.eval_n, metrics=run.config.eval_metrics,
-                                 inception_weights=run.config.inception_weights, seed=run.config.seed,
-                                 device=run.ctx.device)
+    results = evaluate_generator(
+        run.ema.model,
+        run.dataset,
+        n=run.config.eval_n,
+        metrics=run.config.eval_metrics,
+        inception_weights=run.config.inception_weights,
+        seed=run.config.seed,
+        device=run.ctx.device,
+    )
     reporter.evaluation(run, results)
     if results.get("fid", math.inf) < run.best_fid:
         run.best_fid = results["fid"]
@@ -434,7 +550,7 @@ def train(config: TrainConfig, resume: str | Path | None = None, ctx: Distribute
 
 def _loop(run: _Run) -> TrainResult:
     c = run.config
-    due: Callable[[int], bool] = lambda every: run.step % every == 0 or run.step == c.steps  # noqa: E731
+    due: Callable[[int], bool] = lambda every: run.step % every == 0 or run.step == c.steps
     reporter = _Reporter(run)
     losses = torch.zeros(2, device=run.ctx.device)  # this step's loss_d, loss_g: checked before anything is saved
     try:
@@ -451,11 +567,22 @@ def _loop(run: _Run) -> TrainResult:
                     z, y_fake = run.next_noise()
                     with torch.no_grad(), run.precision.autocast():
                         fake = run.G_fake(z, y_fake)
-                    d_stats = d_step(run.D_train, run.opt_d, run.scaler_d, get_loss(c.loss), real, y_real, fake, y_fake,
-                                     run.precision)
+                    d_stats = d_step(
+                        run.D_train,
+                        run.opt_d,
+                        run.scaler_d,
+                        get_loss(c.loss),
+                        real,
+                        y_real,
+                        fake,
+                        y_fake,
+                        run.precision,
+                    )
                 # G step, then the EMA copy follows G.
                 z, y_fake = run.next_noise()
-                loss_g = g_step(run.G_train, run.D_judge, run.opt_g, run.scaler_g, get_loss(c.loss), z, y_fake, run.precision)
+                loss_g = g_step(
+                    run.G_train, run.D_judge, run.opt_g, run.scaler_g, get_loss(c.loss), z, y_fake, run.precision
+                )
                 run.ema.update(run.G, run.step)
                 run.step += 1
                 losses = torch.stack([d_stats[0], loss_g])
@@ -474,10 +601,12 @@ def _loop(run: _Run) -> TrainResult:
                     _save(run, losses)
                 if stopping:
                     name = signal.Signals(stop.signum or signal.SIGTERM).name
-                    raise TrainingStopped(stop.signum or signal.SIGTERM, f"stopped by {name} at step {run.step}; saved "
-                                          f"{run.last_good}; continue with: sagan train --resume {run.run_dir.path}")
+                    raise TrainingStopped(
+                        stop.signum or signal.SIGTERM,
+                        f"stopped by {name} at step {run.step}; saved "
+                        f"{run.last_good}; continue with: sagan train --resume {run.run_dir.path}",
+                    )
     finally:
         reporter.close()
         run.run_dir.close()
     return TrainResult(run.run_dir.path, run.G, run.D, run.ema.model, run.step)
-
