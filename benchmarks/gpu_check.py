@@ -49,18 +49,8 @@ def row(name: str, result: str) -> None:
 
 
 def cuda_tests() -> str:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        str(ROOT / "tests" / "test_cuda.py"),
-        str(ROOT / "tests" / "test_attention.py"),
-        "-k",
-        "cuda",
-    ]
+    tests = [str(ROOT / "tests" / "test_cuda.py"), str(ROOT / "tests" / "test_attention.py")]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, "-k", "cuda"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_env(), cwd=ROOT)
     tail = [line for line in done.stdout.splitlines() if "passed" in line or "failed" in line or "error" in line]
     if done.returncode not in (0, 5):
@@ -119,38 +109,9 @@ def attention_rows(sizes: list[int]) -> list[str]:
 
 def ddp_two_processes(tmp: Path, device: str, amp: str) -> str:
     run = tmp / f"ddp-{device}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "sagan",
-        "train",
-        "--steps",
-        "6",
-        "--out",
-        str(run),
-        "--batch-size",
-        "8",
-        "--ch",
-        "16",
-        "--data-size",
-        "256",
-        "--device",
-        device,
-        "--log-every",
-        "3",
-        "--checkpoint-every",
-        "6",
-        "--sample-every",
-        "6",
-        "--quiet",
-        "--amp",
-        amp,
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sagan"]
+    cmd += f"train --steps 6 --batch-size 8 --ch 16 --data-size 256 --device {device} --log-every 3".split()
+    cmd += ["--checkpoint-every", "6", "--sample-every", "6", "--quiet", "--amp", amp, "--out", str(run)]
     env = dict(_env(), SAGAN_DIST_BACKEND="gloo", OMP_NUM_THREADS="1")  # nccl refuses two ranks on one GPU
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, timeout=600)

@@ -1,6 +1,6 @@
 """Mirror completion: does a self-attention block help a U-Net restore what only the far side shows?
 
-    python benchmarks/mirror_completion.py [--steps 1200] [--seeds 0 1 2] [--picture docs/mirror-completion.png]
+    python benchmarks/mirror_completion.py [--steps 800] [--seeds 0 1 2] [--picture docs/mirror-completion.png]
 
 Every `shapes` image holds a shape and its mirror image across the centre line. Hide the half
 with one copy (zeroed, plus a mask channel) and train a small U-Net to restore the image: the
@@ -35,31 +35,42 @@ RESOLUTION = 32
 
 
 class UNet(nn.Module):
-    """32 -> 16 -> 8 -> 16 -> 32 with skips; input: masked image + mask (4 channels), output: image."""
+    """A U-Net on masked image + mask (4 channels) -> image: `levels` halvings from 32x32, skips between.
 
-    def __init__(self, c: int = 32) -> None:
+    levels=2 (32 -> 16 -> 8 and back) sees the whole image from its 8x8 bottom; levels=1 (32 -> 16
+    and back) sees about 20 pixels, less than the distance between most mirrored pairs.
+    """
+
+    def __init__(self, c: int = 16, levels: int = 2, coords: bool = False) -> None:
         super().__init__()
+        self.coords = coords
 
         def stage(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, stride, 1),
-                nn.GroupNorm(8, cout),
-                nn.SiLU(),
-                nn.Conv2d(cout, cout, 3, 1, 1),
-                nn.GroupNorm(8, cout),
-                nn.SiLU(),
-            )
+                nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU(),
+                nn.Conv2d(cout, cout, 3, 1, 1), nn.GroupNorm(8, cout), nn.SiLU(),
+            )  # fmt: skip
 
-        self.enc32, self.enc16, self.enc8 = stage(4, c), stage(c, 2 * c, 2), stage(2 * c, 4 * c, 2)
-        self.up16, self.dec16 = nn.ConvTranspose2d(4 * c, 2 * c, 2, 2), stage(4 * c, 2 * c)
+        self.levels = levels
+        self.enc32, self.enc16 = stage(6 if coords else 4, c), stage(c, 2 * c, 2)
+        if levels == 2:
+            self.enc8, self.up16, self.dec16 = (
+                stage(2 * c, 4 * c, 2),
+                nn.ConvTranspose2d(4 * c, 2 * c, 2, 2),
+                stage(4 * c, 2 * c),
+            )
         self.up32, self.dec32 = nn.ConvTranspose2d(2 * c, c, 2, 2), stage(2 * c, c)
         self.out = nn.Conv2d(c, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.coords:  # CoordConv: the pixel's position as two more input channels
+            axis = torch.linspace(-1, 1, x.shape[-1], device=x.device)
+            grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij")).expand(x.shape[0], -1, -1, -1)
+            x = torch.cat([x, grid], 1)
         h32 = self.enc32(x)
-        h16 = self.enc16(h32)
-        h = self.enc8(h16)
-        h = self.dec16(torch.cat([self.up16(h), h16], 1))
+        h = h16 = self.enc16(h32)
+        if self.levels == 2:
+            h = self.dec16(torch.cat([self.up16(self.enc8(h16)), h16], 1))
         h = self.dec32(torch.cat([self.up32(h), h32], 1))
         return torch.tanh(self.out(h))
 
@@ -109,9 +120,11 @@ def mirrored_restoration(restored: torch.Tensor, mask: torch.Tensor) -> torch.Te
     return torch.where(vertical, tb, lr)
 
 
-def train_unet(attention: bool, seed: int, steps: int, data: Cached, batch_size: int = 32) -> nn.Module:
+def train_unet(
+    attention: bool, seed: int, steps: int, data: Cached, levels: int = 2, coords: bool = False, batch_size: int = 32
+) -> nn.Module:
     torch.manual_seed(seed)
-    net = UNet()
+    net = UNet(levels=levels, coords=coords)
     if attention:
         add_self_attention(net, after=["enc16"])
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
@@ -140,9 +153,9 @@ def picture(nets: dict[str, nn.Module], test: tuple, path: Path, count: int = 6)
     from PIL import Image
     from torchvision.utils import make_grid
 
-    x, _mask, truth, _ = (t[:count] for t in test)
+    x, mask, truth, _ = (t[:count] for t in test)
     with torch.no_grad():
-        rows = [x[:, :3], nets["without"](x), nets["with"](x), truth]
+        rows = [x[:, :3]] + [x[:, :3] + nets[k](x) * mask for k in ("without", "with")] + [truth]
     grid = make_grid(torch.cat(rows).add(1).div(2).clamp(0, 1), nrow=count, padding=2, pad_value=1)
     image = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy()).resize(
         (grid.shape[2] * 4, grid.shape[1] * 4), Image.NEAREST
@@ -184,10 +197,12 @@ def attention_figure(net: nn.Module, test: tuple, seed: int, path: Path, count: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--test-images", type=int, default=600)
-    parser.add_argument("--train-images", type=int, default=20_000)
+    parser.add_argument("--train-images", type=int, default=10_000)
+    parser.add_argument("--levels", type=int, default=2, choices=[1, 2], help="U-Net depth (see UNet)")
+    parser.add_argument("--coords", action="store_true", help="give both nets the pixel coordinates as input channels")
     parser.add_argument("--picture", type=Path, help="also write the restorations picture (PNG) here")
     parser.add_argument("--attention-picture", type=Path, help="also write the attention maps picture (PNG) here")
     args = parser.parse_args()
@@ -201,23 +216,27 @@ def main() -> None:
         f"{args.steps} steps of batch 32 per net; classifier {real:.1%} on held-out real shapes "
         f"({time.perf_counter() - started:.0f} s)"
     )
-    params = {a: sum(p.numel() for p in train_unet(a, 0, 0, train_data).parameters()) for a in (False, True)}
+    params = {
+        a: sum(p.numel() for p in train_unet(a, 0, 0, train_data, args.levels, args.coords).parameters())
+        for a in (False, True)
+    }
     print(f"U-Net parameters: without attention {params[False]:,}, with {params[True]:,}")
     print(
         f"{'seed':>4} | {'err without':>11} {'err with':>9} {'with/without':>12} | "
-        f"{'recog without':>13} {'recog with':>10} | {'time':>5}"
+        f"{'recog without':>13} {'recog with':>10} | {'gamma':>6} | {'time':>5}"
     )
     results = []
     for seed in args.seeds:
         t0 = time.perf_counter()
         nets = {
-            "without": train_unet(False, seed, args.steps, train_data),
-            "with": train_unet(True, seed, args.steps, train_data),
+            "without": train_unet(False, seed, args.steps, train_data, args.levels, args.coords),
+            "with": train_unet(True, seed, args.steps, train_data, args.levels, args.coords),
         }
         (e0, r0), (e1, r1) = score(nets["without"], classifier, test), score(nets["with"], classifier, test)
         results.append((e0, e1, r0, r1))
+        gamma = nets["with"].enc16.self_attention.gamma.item()
         print(
-            f"{seed:>4} | {e0:11.4f} {e1:9.4f} {e1 / e0:12.2f} | {r0:13.1%} {r1:10.1%} | "
+            f"{seed:>4} | {e0:11.4f} {e1:9.4f} {e1 / e0:12.2f} | {r0:13.1%} {r1:10.1%} | {gamma:6.3f} | "
             f"{time.perf_counter() - t0:4.0f}s",
             flush=True,
         )
@@ -227,7 +246,7 @@ def main() -> None:
             attention_figure(nets["with"], test, test_data.seed, args.attention_picture)
     mean = [sum(r[i] for r in results) / len(results) for i in range(4)]
     print(
-        f"mean | {mean[0]:11.4f} {mean[1]:9.4f} {mean[1] / mean[0]:12.2f} | {mean[2]:13.1%} {mean[3]:10.1%} | "
+        f"mean | {mean[0]:11.4f} {mean[1]:9.4f} {mean[1] / mean[0]:12.2f} | {mean[2]:13.1%} {mean[3]:10.1%} | {'':6} | "
         f"total {time.perf_counter() - started:.0f}s"
     )
 

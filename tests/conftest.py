@@ -36,32 +36,12 @@ def inception_weights(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> str:
     """A finished 6-step shapes run with a narrow net: what the commands that read runs are tested on."""
+    from runs import tiny_flags
+
     from sagan.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    argv = [
-        "train",
-        "--steps",
-        "6",
-        "--batch-size",
-        "8",
-        "--ch",
-        "8",
-        "--threads",
-        "1",
-        "--out",
-        str(out),
-        "--log-every",
-        "2",
-        "--sample-every",
-        "3",
-        "--checkpoint-every",
-        "3",
-        "--quiet",
-        "--data-size",
-        "64",
-        "--sample-count",
-        "12",
-    ]
+    argv = ["train", "--steps", "6", "--out", str(out), "--sample-every", "3", "--checkpoint-every", "3"]
+    argv += tiny_flags(batch_size=8, sample_count=12, log_every=2)
     assert main(argv) == 0
     return str(out)

@@ -12,27 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from runs import tiny_flags
 
 from sagan.checkpoint import load_latest
 from sagan.cli import main
 from sagan.runtime import Precision
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-TINY = [
-    "--batch-size",
-    "8",
-    "--ch",
-    "8",
-    "--quiet",
-    "--data-size",
-    "64",
-    "--sample-count",
-    "4",
-    "--log-every",
-    "1",
-    "--device",
-    "cuda",
-]
+TINY = tiny_flags(batch_size=8, device="cuda")
 
 
 def test_precision_choice_follows_the_device():

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from runs import torchrun
 
 from sagan.checkpoint import list_checkpoints, load_latest
 from sagan.distributed import fresh_namespace
@@ -82,28 +83,9 @@ def test_two_ranks_agree_with_each_other_and_with_one_process_of_the_same_total_
     assert config["world_size"] == 2 and config["effective_batch_size"] == 8
 
 
-def _torchrun(*args: str, max_restarts: int = 0) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "--max-restarts",
-        str(max_restarts),
-        "-m",
-        "sagan",
-        "train",
-        *args,
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-
 def test_torchrun_then_resume_with_one_process(tmp_path):
     run = tmp_path / "run"
-    proc = _torchrun("--steps", "4", "--out", str(run), "--checkpoint-every", "2", *CLI_SMALL)
+    proc = torchrun("--steps", "4", "--out", str(run), "--checkpoint-every", "2", *CLI_SMALL)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert "batch 4 x 2 process(es) = 8" in out and out.count("sagan: run ") == 1  # only rank 0 talks
@@ -168,7 +150,7 @@ def _workers(pid: int) -> list[int]:
 
 def test_elastic_restart_resumes_from_the_last_checkpoint(tmp_path):
     run = tmp_path / "run"
-    proc = _torchrun(
+    proc = torchrun(
         "--steps", "60", "--out", str(run), "--checkpoint-every", "5", "--log-every", "5", *CLI_SMALL, max_restarts=5
     )
     deadline = time.time() + 240

@@ -14,26 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from runs import tiny_flags
 
 from sagan import checkpoint
 from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_latest, save_checkpoint
 from sagan.cli import main
 
-TINY = [
-    "--batch-size",
-    "4",
-    "--ch",
-    "8",
-    "--threads",
-    "1",
-    "--quiet",
-    "--data-size",
-    "64",
-    "--sample-count",
-    "4",
-    "--log-every",
-    "1",
-]
+TINY = tiny_flags()
 
 
 def _assert_nothing_corrupt(run: Path) -> None:

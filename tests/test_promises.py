@@ -27,26 +27,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from runs import tiny_flags, torchrun
 
 from sagan import checkpoint
 from sagan.checkpoint import list_checkpoints, load_checkpoint, load_latest
 from sagan.cli import main
 
-TINY = [
-    "--batch-size",
-    "4",
-    "--ch",
-    "8",
-    "--threads",
-    "1",
-    "--quiet",
-    "--data-size",
-    "64",
-    "--sample-count",
-    "4",
-    "--log-every",
-    "1",
-]
+TINY = tiny_flags()
 
 
 def _one_line(capsys) -> str:
@@ -461,44 +448,10 @@ def test_collectives_use_the_runs_device(monkeypatch):
 
 def test_two_ranks_with_eval_every_run_to_the_end(tmp_path, inception_weights):
     run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "sagan",
-        "train",
-        "--steps",
-        "4",
-        "--out",
-        str(run),
-        "--eval-every",
-        "2",
-        "--eval-n",
-        "8",
-        "--inception-weights",
-        inception_weights,
-        "--checkpoint-every",
-        "2",
-        "--batch-size",
-        "4",
-        "--ch",
-        "8",
-        "--data-size",
-        "64",
-        "--sample-count",
-        "4",
-        "--device",
-        "cpu",
-        "--quiet",
-    ]
-    done = subprocess.run(
-        cmd, capture_output=True, text=True, check=False, timeout=400, env=dict(os.environ, OMP_NUM_THREADS="1")
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    flags = f"--steps 4 --eval-every 2 --eval-n 8 --checkpoint-every 2 --device cpu --out {run}".split()
+    proc = torchrun(*flags, "--inception-weights", inception_weights, *tiny_flags())
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "eval" in r]
     assert [r["step"] for r in evals] == [2, 4] and (run / "best.pt").is_file()
 

@@ -15,26 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from runs import tiny_flags
 
 from sagan.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_latest
 from sagan.cli import main
 from sagan.models import Discriminator
 
-TINY = [
-    "--batch-size",
-    "8",
-    "--ch",
-    "8",
-    "--threads",
-    "1",
-    "--quiet",
-    "--data-size",
-    "64",
-    "--sample-count",
-    "12",
-    "--log-every",
-    "2",
-]
+TINY = tiny_flags(batch_size=8, sample_count=12, log_every=2)
 
 
 def test_a_short_run_writes_every_file(tiny_run):

@@ -104,20 +104,21 @@ class ModelConfig:
     z_dim: int = _field(128, "length of the noise vector z", min=1, max=MAX_Z)
     num_classes: int | None = _field(
         None,
-        "classes of a conditional model (None: from the data; 0: unconditional)",
+        "classes of a conditional model (0: unconditional)",
+        default_help="from the data",
         min=0,
         max=MAX_CLASSES,
         cli=False,
     )
     ch: int | None = _field(None, "G's base width, and D's unless --ch-d is given", min=1, max=MAX_WIDTH)
     ch_d: int | None = _field(
-        None, "D's base width (default: --ch; 24 with the CPU's default ch 16)", min=1, max=MAX_WIDTH
+        None, "D's base width", default_help="--ch if given, else 24 on CPU, 64 on GPU", min=1, max=MAX_WIDTH
     )
     attention_g: list[int] | None = _field(
-        None, "G feature resolutions with self-attention, e.g. 16 (default: preset)", min=1, max=256
+        None, "G feature resolutions with self-attention, e.g. 16", default_help="the preset's", min=1, max=256
     )
     attention_d: list[int] | None = _field(
-        None, "D feature resolutions with self-attention (default: preset)", min=1, max=256
+        None, "D feature resolutions with self-attention", default_help="the preset's", min=1, max=256
     )
 
     def validate(self) -> ModelConfig:
@@ -159,9 +160,9 @@ class TrainConfig:
     data: str = _field("shapes", "shapes (built-in), cifar10, a folder of images, an .npz, or cifar-10-python.tar.gz")
     steps: int | None = _field(None, "generator steps", min=1, max=MAX_STEPS)
     batch_size: int | None = _field(None, "images per process and step", min=1, max=MAX_BATCH)
-    out: str | None = _field(None, "run directory (default runs/<timestamp>)")
+    out: str | None = _field(None, "run directory", default_help="runs/<timestamp>")
     conditional: bool | None = _field(
-        None, "class-conditional (default: when the data has labels)", flag=("--conditional", "--unconditional")
+        None, "class-conditional", default_help="when the data has labels", flag=("--conditional", "--unconditional")
     )
     loss: str = _field("hinge", "GAN loss", choices=LOSS_CHOICES)
     lr_g: float | None = _field(None, "generator learning rate", min=0, below=1)
@@ -190,11 +191,11 @@ class TrainConfig:
         True, "batch-norm statistics over all processes under DDP", flag=("--sync-bn", "--no-sync-bn")
     )
     fused_attention: bool = _field(True, "fused attention kernel (off: the explicit N x N reference path)", cli=False)
-    num_workers: int | None = _field(None, "data-loading processes (default: 0 on CPU, up to 8 on GPU)", min=0, max=64)
+    num_workers: int | None = _field(None, "data-loading processes", default_help="0 on CPU, 8 on GPU", min=0, max=64)
     threads: int | None = _field(
-        None, "CPU threads (default: the cores that are idle now, at least 1)", min=1, max=1024
+        None, "CPU threads", default_help="as many as cores are idle at the start, kept on resume", min=1, max=1024
     )
-    data_dir: str | None = _field(None, "folder of downloaded datasets (default $SAGAN_DATA or ~/.cache/sagan)")
+    data_dir: str | None = _field(None, "folder of downloaded datasets", default_help="$SAGAN_DATA or ~/.cache/sagan")
     download: bool = _field(False, "fetch CIFAR-10 if it is not in --data-dir (needs internet)", flag=("--download",))
     data_size: int = _field(50_000, "images in the shapes dataset", min=1, max=MAX_DATA_SIZE)
     log_every: int = _field(50, "steps between metrics.jsonl lines", min=1)
@@ -209,7 +210,9 @@ class TrainConfig:
     eval_every: int = _field(0, "steps between evaluations (0: never); keeps best.pt by FID", min=0)
     eval_n: int = _field(5000, "samples per evaluation", min=2, max=1_000_000)
     eval_metrics: str = _field("fid", "comma-separated subset of fid,is,kid")
-    inception_weights: str | None = _field(None, "local Inception weights file for evaluation (offline machines)")
+    inception_weights: str | None = _field(
+        None, "Inception weights file for evaluation", default_help="$SAGAN_INCEPTION_WEIGHTS, then torch hub's folder"
+    )
 
     @classmethod
     def create(cls, **values: Any) -> TrainConfig:
@@ -297,8 +300,9 @@ def default_text(name: str) -> str:
     for cls in (ModelConfig, TrainConfig):
         for f in fields(cls):
             if f.name == name:
+                if "default_help" in f.metadata:
+                    return f.metadata["default_help"]
                 if name in DEVICE_DEFAULTS["cpu"]:
                     return f"{DEVICE_DEFAULTS['cpu'][name]} on CPU, {DEVICE_DEFAULTS['cuda'][name]} on GPU"
-                default = f.default if f.default is not MISSING else None
-                return "preset" if default is None and name.startswith("attention") else str(default)
+                return str(f.default if f.default is not MISSING else None)
     raise KeyError(name)

@@ -62,6 +62,34 @@ def _output_shapes(model: nn.Module, names: list[str], example_input: Any) -> di
     return shapes
 
 
+def _checked_names(model: nn.Module, names: list[str]) -> list[str]:
+    """The names, each an existing submodule without a block yet, none twice; else a one-line ValueError."""
+    known = [name for name, _ in model.named_modules() if name]
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; see model.named_modules()"
+            raise ValueError(f"add_self_attention: {type(model).__name__} has no submodule {name!r}{hint}")
+        if hasattr(model.get_submodule(name), CHILD):
+            raise ValueError(f"add_self_attention: {name!r} already has a self-attention block")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"add_self_attention: {repeated} named more than once; give each submodule once")
+    return names
+
+
+def _shapes(model: nn.Module, names: list[str], channels: Any, spatial_dims: int, example_input: Any) -> dict[str, Any]:
+    """Each named module's output shape: from `channels` and `spatial_dims` if given, else from a probe pass."""
+    if channels is None:
+        return _output_shapes(model, names, _default_probe(model) if example_input is None else example_input)
+    counts = [channels] * len(names) if isinstance(channels, int) else list(channels)
+    if len(counts) != len(names):
+        raise ValueError(f"add_self_attention: {len(counts)} channel counts for {len(names)} names")
+    if spatial_dims not in (1, 2, 3):
+        raise ValueError(f"add_self_attention: spatial_dims={spatial_dims!r} must be 1, 2 or 3")
+    return {name: (1, count) + (1,) * spatial_dims for name, count in zip(names, counts)}
+
+
 def add_self_attention(
     model: nn.Module,
     after: str | Sequence[str],
@@ -96,27 +124,8 @@ def add_self_attention(
         >>> net.layer2.self_attention
         SelfAttention2d(channels=128, reduction=8, value_reduction=8, pool=1, fused=True)
     """
-    names = [after] if isinstance(after, str) else list(after)
-    known = [name for name, _ in model.named_modules() if name]
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; see model.named_modules()"
-            raise ValueError(f"add_self_attention: {type(model).__name__} has no submodule {name!r}{hint}")
-        if hasattr(model.get_submodule(name), CHILD):
-            raise ValueError(f"add_self_attention: {name!r} already has a self-attention block")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"add_self_attention: {repeated} named more than once; give each submodule once")
-    if channels is not None:
-        counts = [channels] * len(names) if isinstance(channels, int) else list(channels)
-        if len(counts) != len(names):
-            raise ValueError(f"add_self_attention: {len(counts)} channel counts for {len(names)} names")
-        if spatial_dims not in (1, 2, 3):
-            raise ValueError(f"add_self_attention: spatial_dims={spatial_dims!r} must be 1, 2 or 3")
-        shapes = {name: (1, count) + (1,) * spatial_dims for name, count in zip(names, counts)}
-    else:
-        shapes = _output_shapes(model, names, _default_probe(model) if example_input is None else example_input)
+    names = _checked_names(model, [after] if isinstance(after, str) else list(after))
+    shapes = _shapes(model, names, channels, spatial_dims, example_input)
     for name in names:
         shape = shapes.get(name)
         if shape is None:

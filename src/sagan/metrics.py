@@ -84,6 +84,14 @@ def load_inception_state(path: str | Path | None = None) -> dict[str, torch.Tens
     return state
 
 
+def _in_memory(state: dict[str, torch.Tensor]) -> io.BytesIO:
+    """The tensors as a file object for torch-fidelity's own torch.load: it reads what we read, no file again."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 @contextlib.contextmanager
 def _weights_only_loads() -> Iterator[None]:
     """Every torch.load in this block reads tensors only, whatever its caller asks (torch's own switch)."""
@@ -152,23 +160,15 @@ def evaluate_generator(
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Metrics of n samples of G against up to n images of dataset.
-
-    inception_weights: a state dict from `load_inception_state`, or where to find one (see there).
-    Returns a subset of {fid, is, is_std, kid, kid_std}. G is used in eval mode; conditional
-    generators draw classes uniformly.
-    """
+    """{fid, is, is_std, kid, kid_std} (those asked for) of n samples of G (in eval mode, classes drawn
+    uniformly) against up to n images of dataset. inception_weights: a state dict from
+    `load_inception_state`, or where to find one (see there)."""
     import torch_fidelity
 
     names = parse_metrics(metrics) if isinstance(metrics, str) else list(metrics)
     if n < 2:
         raise ValueError(f"--n {n}: the metrics need at least 2 samples (50000 for numbers comparable to papers)")
     state = inception_weights if isinstance(inception_weights, dict) else load_inception_state(inception_weights)
-    # torch-fidelity reads its weights with torch.load itself: hand it the tensors we read, in memory,
-    # under torch's switch that makes every load tensors-only. No file is unpickled on our behalf.
-    weights = io.BytesIO()
-    torch.save(state, weights)
-    weights.seek(0)
     device = torch.device(device)
     was_training = G.training
     G.eval()
@@ -186,7 +186,9 @@ def evaluate_generator(
         "kid_subset_size": min(1000, n, len(real_indices)),
         "isc_splits": min(10, n),
         "feature_extractor": "inception-v3-compat",
-        "feature_extractor_weights_path": weights,
+        # torch-fidelity torch.loads its weights itself: it gets the tensors read above, in memory, and
+        # (below) torch's switch that makes every load tensors-only. No file is unpickled on our behalf.
+        "feature_extractor_weights_path": _in_memory(state),
         "cache": False,
         "verbose": progress,
         "rng_seed": seed,

@@ -307,40 +307,27 @@ def _build_nets(
     return G, D, ema
 
 
-def set_up(config: TrainConfig, resume: str | Path | None, ctx: Distributed) -> _Run:
-    """Everything the loop needs: a fresh run from `config`, or the saved run in `resume` continued."""
-    config, state = _resume_from(config.validate(), resume, ctx)
-    config, picked = config.resolved(ctx.device.type, ctx.world_size)
-    if config.threads:  # busy cores make torch's threads wait on each other: fewer run faster
-        torch.set_num_threads(config.threads)
-    dataset = build_dataset(
-        config.data,
-        config.model.resolution,
-        seed=config.seed,
-        shapes_size=config.data_size,
-        download=config.download and ctx.is_main,
-        data_dir=config.data_dir,
-    )
+def _data(config: TrainConfig, state: TrainState | None, ctx: Distributed) -> tuple[Any, int]:
+    """The dataset, and the number of classes the nets condition on (checked against a resumed run's)."""
+    dataset = build_dataset(config.data, config.model.resolution, seed=config.seed, shapes_size=config.data_size,
+                            download=config.download and ctx.is_main, data_dir=config.data_dir)  # fmt: skip
     if config.conditional and not dataset.num_classes:
-        raise ValueError(
-            f"--conditional needs class labels, and {config.data} has none (use a folder with one subfolder per class)"
-        )
-    use_labels = dataset.num_classes > 0 and config.conditional is not False
-    num_classes = dataset.num_classes if use_labels else 0
-    if state is None:
-        config.model.num_classes = num_classes
-    elif state.config.model.num_classes != num_classes:
-        raise ConfigError(
-            f"run {config.out} was trained with num_classes={state.config.model.num_classes}; "
-            f"--data {config.data} gives {num_classes}. Use the run's data, or start a new run"
-        )
-    G, D, ema = _build_nets(config, state, ctx)
-    config.model.attention_g, config.model.attention_d = G.config["attention"], D.config["attention"]
-    precision = Precision.choose(config.amp, ctx.device)
+        raise ValueError(f"--conditional needs class labels, and {config.data} has none "
+                         f"(use a folder with one subfolder per class)")  # fmt: skip
+    num_classes = dataset.num_classes if config.conditional is not False else 0
+    if state is not None and state.config.model.num_classes != num_classes:
+        raise ConfigError(f"run {config.out} was trained with num_classes={state.config.model.num_classes}; --data "
+                          f"{config.data} gives {num_classes}. Use the run's data, or start a new run")  # fmt: skip
+    return dataset, num_classes
+
+
+def _optimisers(config: TrainConfig, G: nn.Module, D: nn.Module, precision: Precision, state: TrainState | None,
+                device: torch.device) -> tuple[Any, ...]:  # fmt: skip
+    """Adam for each net (the paper's betas), a grad scaler each, the training noise generator; restored on resume."""
     opt_g = torch.optim.Adam(G.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2))
     scaler_g, scaler_d = precision.scaler(), precision.scaler()
-    noise = torch.Generator(device=ctx.device).manual_seed(config.seed + 1)
+    noise = torch.Generator(device=device).manual_seed(config.seed + 1)
     if state:
         opt_g.load_state_dict(state.opt_G)
         opt_d.load_state_dict(state.opt_D)
@@ -349,71 +336,59 @@ def set_up(config: TrainConfig, resume: str | Path | None, ctx: Distributed) -> 
                 scaler.load_state_dict(state.scaler[key])
         noise.set_state(state.rng["noise"])
         torch.set_rng_state(state.rng["torch"])
-        if ctx.device.type == "cuda" and "cuda" in state.rng:
-            torch.cuda.set_rng_state(state.rng["cuda"], ctx.device)
-    wrap = (
-        (lambda m: DistributedDataParallel(m, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None))
+        if device.type == "cuda" and "cuda" in state.rng:
+            torch.cuda.set_rng_state(state.rng["cuda"], device)
+    return opt_g, opt_d, scaler_g, scaler_d, noise
+
+
+def _wrapped(config: TrainConfig, ctx: Distributed, G: nn.Module, D: nn.Module) -> list[nn.Module]:
+    """[G_train, D_train, G_fake, D_judge]: DDP for the nets whose gradients are all-reduced, compiled if asked."""
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    nets = (
+        [DistributedDataParallel(G, device_ids=ids), DistributedDataParallel(D, device_ids=ids)]
         if ctx.enabled
-        else (lambda m: m)
+        else [G, D]
     )
-    nets = [wrap(G), wrap(D), G, D]
-    if config.compile:
-        nets = [torch.compile(m) for m in nets]
-    position = state.data_position if state else 0
+    nets += [G, D]
+    return [torch.compile(m) for m in nets] if config.compile else nets
+
+
+def _loader(config: TrainConfig, dataset: Any, ctx: Distributed, position: int) -> DataLoader:
     sampler = StepSampler(len(dataset), config.batch_size, config.seed, ctx.rank, ctx.world_size, position)
     # The loader seeds its workers from its own generator, not the global one: resume restores that exactly.
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.num_workers,
-        pin_memory=ctx.device.type == "cuda",
-        drop_last=True,
-        persistent_workers=config.num_workers > 0,
-        generator=torch.Generator().manual_seed(config.seed),
-    )
-    run_dir = RunDirectory(config.out, writer=ctx.is_main)
-    classes = list(dataset.classes) if num_classes else []
-    run = _Run(
-        config,
-        ctx,
-        precision,
-        run_dir,
-        dataset,
-        classes,
-        G,
-        D,
-        ema,
-        *nets,
-        opt_g,
-        opt_d,
-        scaler_g,
-        scaler_d,
-        noise,
-        iter(loader),
-        state.step if state else 0,
-        position,
-        state.best_fid if state else math.inf,
-    )
-    run_dir.open(
-        {
-            "sagan_version": __version__,
-            "train": run.config.flat(),
-            "model": nets_config(config.model),
-            "classes": classes,
-            "world_size": ctx.world_size,
-            "effective_batch_size": config.batch_size * ctx.world_size,
-        },
-        resume_step=run.step if state else None,
-    )
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+                      pin_memory=ctx.device.type == "cuda", drop_last=True, persistent_workers=config.num_workers > 0,
+                      generator=torch.Generator().manual_seed(config.seed))  # fmt: skip
+
+
+def set_up(config: TrainConfig, resume: str | Path | None, ctx: Distributed) -> _Run:
+    """Everything the loop needs: a fresh run from `config`, or the saved run in `resume` continued."""
+    config, state = _resume_from(config.validate(), resume, ctx)
+    config, picked = config.resolved(ctx.device.type, ctx.world_size)
+    if config.threads:  # busy cores make torch's threads wait on each other: fewer run faster
+        torch.set_num_threads(config.threads)
+    dataset, config.model.num_classes = _data(config, state, ctx)
+    G, D, ema = _build_nets(config, state, ctx)
+    config.model.attention_g, config.model.attention_d = G.config["attention"], D.config["attention"]
+    precision = Precision.choose(config.amp, ctx.device)
+    opt_g, opt_d, scaler_g, scaler_d, noise = _optimisers(config, G, D, precision, state, ctx.device)
+    position = state.data_position if state else 0
+    classes = list(dataset.classes) if config.model.num_classes else []
+    run = _Run(config, ctx, precision, RunDirectory(config.out, writer=ctx.is_main), dataset, classes, G, D, ema,
+               *_wrapped(config, ctx, G, D), opt_g, opt_d, scaler_g, scaler_d, noise,
+               iter(_loader(config, dataset, ctx, position)), state.step if state else 0, position,
+               state.best_fid if state else math.inf)  # fmt: skip
+    run.run_dir.open({"sagan_version": __version__, "train": config.flat(), "model": nets_config(config.model),
+                      "classes": classes, "world_size": ctx.world_size,
+                      "effective_batch_size": config.batch_size * ctx.world_size},
+                     resume_step=run.step if state else None)  # fmt: skip
     if ctx.is_main:
         tqdm.write(f"sagan: {describe(config, picked, ctx.device)}")
         if not config.quiet:
-            tqdm.write(
-                f"sagan: run {run_dir.path}: {len(dataset)} images, {num_classes or 'no'} classes, "
-                f"batch {config.batch_size} x {ctx.world_size} process(es) = {config.batch_size * ctx.world_size}, "
-                f"{precision.name}, {'resuming at step ' + str(run.step) if state else 'starting'}"
-            )
+            batch, world = config.batch_size, ctx.world_size
+            tqdm.write(f"sagan: run {config.out}: {len(dataset)} images, {config.model.num_classes or 'no'} classes, "
+                       f"batch {batch} x {world} process(es) = {batch * world}, {precision.name}, "
+                       f"{'resuming at step ' + str(run.step) if state else 'starting'}")  # fmt: skip
     return run
 
 
