@@ -211,25 +211,7 @@ def _image_folder(root: Path) -> Path:
 
 def test_images_that_fail_to_decode_are_replaced_and_resume_stays_exact(tmp_path):
     data = str(_image_folder(tmp_path / "images"))
-    common = [
-        "--data",
-        data,
-        "--batch-size",
-        "4",
-        "--ch",
-        "8",
-        "--threads",
-        "1",
-        "--quiet",
-        "--sample-count",
-        "4",
-        "--log-every",
-        "1",
-        "--checkpoint-every",
-        "3",
-        "--sample-every",
-        "100",
-    ]
+    common = ["--data", data, "--checkpoint-every", "3", "--sample-every", "100", *tiny_flags()]
     with pytest.warns(UserWarning, match="skipping an unreadable image"):
         assert main(["train", "--steps", "6", "--out", str(tmp_path / "straight"), *common]) == 0
     assert main(["train", "--steps", "3", "--out", str(tmp_path / "split"), *common]) == 0

@@ -177,6 +177,21 @@ def check_shapes(state: dict[str, Any], expected: dict[str, tuple[int, ...]], pa
         )
 
 
+def check_sizes(state: Any, model: ModelConfig, net: str, path: str | Path, what: str) -> None:
+    """The size-defining tensors of a state dict against the config (see models.size_shapes), before any build."""
+    from .models import size_shapes
+
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: its {what} weights are not a mapping of tensors")
+    for key, shape in size_shapes(model)[net].items():
+        got = tuple(state[key].shape) if key in state else None
+        if got != shape:
+            raise CheckpointError(
+                f"{path}: its {what} weights do not fit the networks built from its config ({key}: {got} vs "
+                f"{shape}); the file was written by another config or version of sagan"
+            )
+
+
 def load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
     """load_state_dict with a one-line error when the checkpoint was made for other networks."""
     check_shapes(state, {k: tuple(v.shape) for k, v in module.state_dict().items()}, path, what)
@@ -232,8 +247,8 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, state: dict[str, Any], path: str | Path) -> TrainState:
-        """Validate a loaded checkpoint: its config, and every tensor shape against that config."""
-        from .models import Discriminator, Generator, state_shapes
+        """Validate a loaded checkpoint: its config, then every tensor shape against the nets that config builds."""
+        from .models import build
 
         model = model_config_of(state["model_config"], str(path))
         try:
@@ -241,10 +256,13 @@ class TrainState:
         except ConfigError as err:
             raise CheckpointError(str(err)) from None
         config.model = model
-        g_shapes = state_shapes(Generator, model.generator_kwargs())
-        for key in ("G", "G_ema"):
-            check_shapes(state[key], g_shapes, path, {"G": "generator", "G_ema": "EMA generator"}[key])
-        check_shapes(state["D"], state_shapes(Discriminator, model.discriminator_kwargs()), path, "discriminator")
+        nets = {"G": "generator", "G_ema": "EMA generator", "D": "discriminator"}
+        for key, what in nets.items():
+            check_sizes(state[key], model, key[0], path, what)
+        G, D = build(model)  # the sizes agree with the file's own tensors: this allocates about what it holds
+        for key, what in nets.items():
+            expected = {k: tuple(v.shape) for k, v in (D if key == "D" else G).state_dict().items()}
+            check_shapes(state[key], expected, path, what)
         classes = state.get("classes", [])
         if not isinstance(classes, list) or len(classes) not in (0, model.num_classes or 0):
             raise CheckpointError(f"{path}: its class names do not match its {model.num_classes} classes")
@@ -275,18 +293,18 @@ class TrainState:
 
 def load_generator(run_or_file: str | Path, use_ema: bool = True):
     """The generator of a checkpoint (its EMA copy by default), in eval mode on the CPU; and the TrainState."""
-    from .models import Generator
+    from .models import build_generator
 
     path, state = TrainState.load(run_or_file)
-    G = Generator(**state.config.model.generator_kwargs())
+    G = build_generator(state.config.model)
     load_state(G, state.G_ema if use_ema else state.G, path, "EMA generator" if use_ema else "generator")
     return G.eval(), state
 
 
 def discriminator_from(state: TrainState, path: str | Path):
     """The discriminator held in a loaded TrainState (read from `path`), in eval mode."""
-    from .models import Discriminator
+    from .models import build_discriminator
 
-    D = Discriminator(**state.config.model.discriminator_kwargs())
+    D = build_discriminator(state.config.model)
     load_state(D, state.D, path, "discriminator")
     return D.eval()

@@ -15,7 +15,7 @@ import torch
 
 from .checkpoint import generator_config_of
 from .files import atomic_write, atomic_write_json
-from .models import Generator, build_generator, state_shapes
+from .models import Generator, build_generator, size_shapes
 from .spectral import bake_spectral_norm
 
 WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE = "model.safetensors", "config.json", "generator.onnx"
@@ -74,7 +74,12 @@ def load_pretrained(folder: str | Path) -> Generator:
         raise ValueError(
             f"{folder / WEIGHTS_FILE} is not a readable safetensors file ({err}); export the model again"
         ) from None
-    expected = state_shapes(Generator, model.generator_kwargs())
+    for key, shape in size_shapes(model)["G"].items():  # before building: the config cannot claim more than the file
+        if shapes.get(key) != shape:
+            raise ValueError(f"{folder / WEIGHTS_FILE} does not fit the generator its config.json describes ({key}: "
+                             f"{shapes.get(key)} vs {shape}); export the model again")  # fmt: skip
+    G = build_generator(model)
+    expected = {k: tuple(v.shape) for k, v in G.state_dict().items()}
     if shapes != expected:
         wrong = sorted(k for k in set(shapes) | set(expected) if shapes.get(k) != expected.get(k))
         raise ValueError(
@@ -83,7 +88,6 @@ def load_pretrained(folder: str | Path) -> Generator:
         )
     from safetensors.torch import load_file
 
-    G = build_generator(model)
     G.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     return G.eval()
 

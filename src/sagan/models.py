@@ -304,9 +304,7 @@ def count_parameters(net: nn.Module) -> int:
 
 def build(config: ModelConfig, fused_attention: bool | None = None) -> tuple[Generator, Discriminator]:
     """The generator and discriminator that a ModelConfig describes: the one way the nets are built."""
-    return build_generator(config, fused_attention), Discriminator(
-        **config.discriminator_kwargs(), fused_attention=fused_attention
-    )
+    return build_generator(config, fused_attention), build_discriminator(config, fused_attention)
 
 
 def build_generator(config: ModelConfig, fused_attention: bool | None = None) -> Generator:
@@ -314,8 +312,25 @@ def build_generator(config: ModelConfig, fused_attention: bool | None = None) ->
     return Generator(**config.generator_kwargs(), fused_attention=fused_attention)
 
 
-def state_shapes(net_class: type[nn.Module], kwargs: dict) -> dict[str, tuple[int, ...]]:
-    """The state_dict shapes of `net_class(**kwargs)`, found on the meta device: nothing is allocated."""
-    with torch.device("meta"):
-        net = net_class(**kwargs)
-    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+def build_discriminator(config: ModelConfig, fused_attention: bool | None = None) -> Discriminator:
+    """The discriminator alone (for its attention maps)."""
+    return Discriminator(**config.discriminator_kwargs(), fused_attention=fused_attention)
+
+
+def size_shapes(config: ModelConfig) -> dict[str, dict[str, tuple[int, ...]]]:
+    """The shapes of the tensors that grow with the widths, the classes and z, found without building a net.
+
+    A checkpoint's tensors are checked against these before its nets are built, so a file whose config
+    claims more than its tensors hold is refused before anything of that size is allocated.
+    """
+    preset, weight = get_preset(config.resolution), "parametrizations.weight.original"
+    g_first, g_last = config.ch * preset.g_widths[0], config.ch * preset.g_widths[-1]
+    g = {f"linear.{weight}": (16 * g_first, config.z_dim), f"out_conv.{weight}": (3, g_last, 3, 3)}
+    d: dict[str, tuple[int, ...]] = {}
+    if config.ch_d is not None:
+        d[f"linear.{weight}"] = (1, config.ch_d * preset.d_widths[-1])
+    if config.num_classes:
+        g[f"blocks.0.norm1.norm.gain.{weight}"] = (config.num_classes, g_first)
+        if config.ch_d is not None:
+            d[f"embed.{weight}"] = (config.num_classes, config.ch_d * preset.d_widths[-1])
+    return {"G": g, "D": d}

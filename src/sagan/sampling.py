@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,23 +109,14 @@ def iter_generate(
             yield start, images, y
 
 
-def generate(
-    G: nn.Module,
-    n: int,
-    *,
-    seed: int = 0,
-    class_index: int | None = None,
-    truncation: float | None = None,
-    batch_size: int = 64,
-    device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """n images (n, 3, R, R) in [-1, 1] on the CPU, and their labels; image i depends only on (seed, i)."""
-    parts = list(
-        iter_generate(
-            G, n, seed=seed, class_index=class_index, truncation=truncation, batch_size=batch_size, device=device
-        )
-    )
+def generate(G: nn.Module, n: int, **options: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """n images (n, 3, R, R) in [-1, 1] on the CPU, and their labels; image i depends only on (seed, i).
+
+    options: those of `iter_generate` (seed, class_index, truncation, batch_size, device).
+    """
+    parts = list(iter_generate(G, n, **options))
     if not parts:
-        return torch.empty(0, 3, G.resolution, G.resolution), sample_labels(0, G.num_classes, class_index=class_index)
+        labels = sample_labels(0, G.num_classes, class_index=options.get("class_index"))
+        return torch.empty(0, 3, G.resolution, G.resolution), labels
     labels = None if parts[0][2] is None else torch.cat([y for _, _, y in parts])
     return torch.cat([images for _, images, _ in parts]), labels
