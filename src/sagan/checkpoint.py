@@ -4,8 +4,8 @@ A run directory holds `checkpoint-<step>.pt` files. Each is written to a tempora
 renamed into place, and older ones are deleted only after the new one is complete, so a crash
 at any moment leaves at least one loadable checkpoint. Loading uses `torch.load(weights_only=True)`:
 a file that holds anything but tensors and plain data is refused without running it. What a file
-claims (its config) is validated, and checked against its tensors' shapes on the meta device,
-before any network is allocated.
+claims (its config) is validated, and checked against the tensors whose size it sets, before any
+network is allocated; `load_state` checks every shape when the weights go into the nets.
 """
 
 from __future__ import annotations
@@ -163,10 +163,14 @@ def model_config_of(nets: Any, source: str) -> ModelConfig:
         raise CheckpointError(str(err)) from None
 
 
-def check_shapes(state: dict[str, Any], expected: dict[str, tuple[int, ...]], path: str | Path, what: str) -> None:
-    """The tensors of a state dict against the shapes the config's network has (found without allocating)."""
+def _require_tensors(state: Any, path: str | Path, what: str) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: its {what} weights are not a mapping of tensors")
+
+
+def check_shapes(state: dict[str, Any], expected: dict[str, tuple[int, ...]], path: str | Path, what: str) -> None:
+    """The tensors of a state dict against the shapes of the network they are for."""
+    _require_tensors(state, path, what)
     got = {k: tuple(v.shape) for k, v in state.items()}
     if got != expected:
         wrong = sorted(k for k in set(got) | set(expected) if got.get(k) != expected.get(k))
@@ -181,8 +185,7 @@ def check_sizes(state: Any, model: ModelConfig, net: str, path: str | Path, what
     """The size-defining tensors of a state dict against the config (see models.size_shapes), before any build."""
     from .models import size_shapes
 
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: its {what} weights are not a mapping of tensors")
+    _require_tensors(state, path, what)
     for key, shape in size_shapes(model)[net].items():
         got = tuple(state[key].shape) if key in state else None
         if got != shape:
@@ -247,9 +250,10 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, state: dict[str, Any], path: str | Path) -> TrainState:
-        """Validate a loaded checkpoint: its config, then every tensor shape against the nets that config builds."""
-        from .models import build
+        """Validate a loaded checkpoint: its config, and its size-defining tensors against that config.
 
+        Every other shape is checked when the weights are loaded into the nets (`load_state`).
+        """
         model = model_config_of(state["model_config"], str(path))
         try:
             config = TrainConfig.from_dict(state["config"], str(path))
@@ -259,10 +263,6 @@ class TrainState:
         nets = {"G": "generator", "G_ema": "EMA generator", "D": "discriminator"}
         for key, what in nets.items():
             check_sizes(state[key], model, key[0], path, what)
-        G, D = build(model)  # the sizes agree with the file's own tensors: this allocates about what it holds
-        for key, what in nets.items():
-            expected = {k: tuple(v.shape) for k, v in (D if key == "D" else G).state_dict().items()}
-            check_shapes(state[key], expected, path, what)
         classes = state.get("classes", [])
         if not isinstance(classes, list) or len(classes) not in (0, model.num_classes or 0):
             raise CheckpointError(f"{path}: its class names do not match its {model.num_classes} classes")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from typing_extensions import Self
 
 from . import __version__
-from .checkpoint import TrainState, checkpoint_path, list_checkpoints, nets_config, prune_checkpoints
+from .checkpoint import TrainState, checkpoint_path, list_checkpoints, load_state, nets_config, prune_checkpoints
 from .config import ConfigError, ModelConfig, TrainConfig, flag_name, model_field_names
 from .data import StepSampler, build_dataset
 from .distributed import Distributed, any_rank, process_group, restart_count, synchronise_batchnorm
@@ -301,9 +301,9 @@ def _build_nets(
         synchronise_batchnorm(G, ctx.device.type)
     ema = EMA(G, config.ema_decay)
     if state:
-        G.load_state_dict(state.G)
-        D.load_state_dict(state.D)
-        ema.model.load_state_dict(state.G_ema)
+        for net, weights, what in ((G, state.G, "generator"), (D, state.D, "discriminator"),
+                                   (ema.model, state.G_ema, "EMA generator")):  # fmt: skip
+            load_state(net, weights, config.out, what)
     return G, D, ema
 
 
