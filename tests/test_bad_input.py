@@ -117,10 +117,13 @@ def test_every_flag_with_a_wrong_value_is_one_line_and_exit_2(command, option, b
         (["train", "--attention-g", "12", "--steps", "1"], "Generator attention at [12]"),
         (["train", "--eval-metrics", "fid,xyz"], "choose from fid,is,kid"),
         (["train", "--resume", "/no/such/run"], "no such run directory"),
-        (["sample", "/no/such/run"], "does not exist"),
+        (["sample", "/no/such/run"], "no such run directory, checkpoint or export folder"),
         (["info", "48"], "resolution=48 has no preset"),
         (["plot", "/no/such/run"], "metrics.jsonl does not exist"),
-        (["export", "/no/such/run", "--out", "x"], "does not exist"),
+        (["export", "/no/such/run", "--out", "x"], "no such run directory, checkpoint or export folder"),
+        (["interpolate", "/no/such/run"], "no such run directory, checkpoint or export folder"),
+        (["train", "--data", "hf:/no/such/dataset", "--steps", "1"], "cannot load it"),
+        (["train", "--data", "/no/such.zip", "--steps", "1"], "neither a built-in dataset"),
     ],
 )
 def test_bad_values_found_after_parsing_are_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):

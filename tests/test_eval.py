@@ -51,6 +51,15 @@ def test_fid_is_zero_for_identical_sets_and_larger_for_different_ones(inception_
     assert noise["is"] >= 1.0 and set(noise) == {"fid", "kid", "kid_std", "is", "is_std"}
 
 
+def test_precision_and_recall_of_a_set_against_itself_and_against_noise(inception_weights):
+    n = 24
+    real = ShapesDataset(32, size=n, seed=0)
+    same = torch.stack([real[i][0] for i in torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()])
+    identical = evaluate_generator(_Replay(same), real, n=n, metrics="prc", inception_weights=inception_weights)
+    assert identical["precision"] == 1.0 and identical["recall"] == 1.0  # every sample lies in the other set's manifold
+    assert set(identical) == {"precision", "recall", "f_score"}
+
+
 def test_eval_command_prints_and_logs(tiny_run, inception_weights, capsys):
     assert (
         main(["eval", tiny_run, "--n", "16", "--metrics", "fid,is,kid", "--inception-weights", inception_weights]) == 0
@@ -91,7 +100,13 @@ def test_offline_without_weights_says_where_to_put_them(tiny_run, tmp_path, monk
     assert "--inception-weights" in err and len(err.strip().splitlines()) == 1
 
 
-def test_train_with_eval_every_keeps_best_by_fid(tmp_path, inception_weights):
+@pytest.mark.filterwarnings("error:removing")  # a cache file we wrote must read back
+def test_train_with_eval_every_keeps_best_by_fid(tmp_path, inception_weights, monkeypatch):
+    import sagan.metrics
+
+    reads = []
+    read = sagan.metrics._AsUint8.__getitem__
+    monkeypatch.setattr(sagan.metrics._AsUint8, "__getitem__", lambda self, i: reads.append(i) or read(self, i))
     run = tmp_path / "run"
     assert (
         main(
@@ -124,6 +139,10 @@ def test_train_with_eval_every_keeps_best_by_fid(tmp_path, inception_weights):
     )
     evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "eval" in x]
     assert [e["step"] for e in evals] == [2, 4] and all("fid" in e["eval"] for e in evals)
+    # the real images' features: computed at the first evaluation (12 images, and torch-fidelity's probe of
+    # the first), then read from the run's cache: the second evaluation reads no real image
+    assert 12 <= len(reads) <= 13
+    assert list((run / "fidelity-cache").glob("sagan-real-*.pt"))
     from sagan.checkpoint import load_checkpoint
 
     best = load_checkpoint(run / "best.pt")
@@ -164,7 +183,7 @@ def test_plot_curves(tiny_run, tmp_path):
 def test_export_and_from_pretrained(tiny_run, tmp_path):
     out = tmp_path / "export"
     assert main(["export", tiny_run, "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     G = Generator.from_pretrained(str(out))
     from sagan.checkpoint import load_generator
 

@@ -25,6 +25,9 @@ _WHERE = {
     "train": "training",
     "TrainResult": "training",
     "add_self_attention": "insert",
+    "generate": "sampling",
+    "interpolate": "interpolation",
+    "load_source": "source",
 }
 __all__ = [
     "PRESETS",
@@ -39,6 +42,9 @@ __all__ = [
     "__version__",
     "add_self_attention",
     "build",
+    "generate",
+    "interpolate",
+    "load_source",
     "set_fused_attention",
     "train",
     "use_fused_attention",
@@ -48,7 +54,10 @@ if TYPE_CHECKING:
     from .attention import SelfAttention1d, SelfAttention2d, SelfAttention3d, set_fused_attention, use_fused_attention
     from .config import ModelConfig, TrainConfig
     from .insert import add_self_attention
+    from .interpolation import interpolate
     from .models import PRESETS, Discriminator, Generator, build
+    from .sampling import generate
+    from .source import load_source
     from .training import TrainResult, train
 
 

@@ -293,12 +293,18 @@ class TrainState:
 
 def load_generator(run_or_file: str | Path, use_ema: bool = True):
     """The generator of a checkpoint (its EMA copy by default), in eval mode on the CPU; and the TrainState."""
+    path, state = TrainState.load(run_or_file)
+    return generator_from(state, path, use_ema), state
+
+
+def generator_from(state: TrainState, path: str | Path, use_ema: bool = True):
+    """The generator (or its EMA copy) held in a loaded TrainState (read from `path`), in eval mode."""
     from .models import build_generator
 
-    path, state = TrainState.load(run_or_file)
     G = build_generator(state.config.model)
     load_state(G, state.G_ema if use_ema else state.G, path, "EMA generator" if use_ema else "generator")
-    return G.eval(), state
+    G.class_names = list(state.classes)
+    return G.eval()
 
 
 def discriminator_from(state: TrainState, path: str | Path):

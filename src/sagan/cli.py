@@ -1,12 +1,15 @@
 """The `sagan` command: parses flags into config dataclasses and calls the library. Nothing else.
 
-    sagan train      train a SAGAN (built-in `shapes` data by default)
-    sagan sample     draw images from a trained generator
-    sagan eval       FID / IS / KID with torch-fidelity
-    sagan attention  the paper's attention-map picture
-    sagan plot       training curves from metrics.jsonl
-    sagan export     the EMA generator as safetensors (+ ONNX)
-    sagan info       a preset's architecture and parameter counts
+    sagan train        train a SAGAN (built-in `shapes` data by default)
+    sagan sample       draw images from a trained generator
+    sagan interpolate  walks between noise vectors (slerp) or between classes
+    sagan eval         FID / IS / KID (and precision/recall) with torch-fidelity
+    sagan attention    the paper's attention-map picture
+    sagan plot         training curves from metrics.jsonl
+    sagan export       the EMA generator as safetensors (+ ONNX), optionally to the Hugging Face Hub
+    sagan info         a preset's architecture and parameter counts
+
+Reading commands take a run directory, a checkpoint, an export folder or a Hub id (owner/name).
 
 Bad flags and inputs end in one line on stderr and exit code 2; an unexpected error in one line
 and exit code 1 (SAGAN_DEBUG=1 shows its traceback). Building the parser imports no torch.
@@ -86,7 +89,6 @@ def points(text: str) -> list[tuple[int, int]]:
 
 
 positive_int = _number(int, "n", {"min": 1, "max": MAX_SAMPLES})
-non_negative_int = _number(int, "class", {"min": 0})
 any_int = _number(int, "seed", {})
 positive_float = _number(float, "truncation", {"min": 1e-6})
 
@@ -159,17 +161,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+SOURCE_HELP = "a run directory (its newest checkpoint), a checkpoint, an export folder or a Hugging Face Hub id"
+
+
 def _add_source(p: argparse.ArgumentParser) -> None:
-    """The trained model a command reads: a run directory (its newest checkpoint) or a checkpoint."""
-    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
+    """The trained model a command reads (see sagan.source)."""
+    p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the trained G, not its EMA copy")
+
+
+def _add_class(p: argparse.ArgumentParser, flag: str = "--class", dest: str = "class_index", what: str = "") -> None:
+    p.add_argument(flag, dest=dest, metavar="CLASS", help=f"{what or 'draw only this class'}: an index or a class name")
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw images from a trained generator")
     _add_source(p)
     p.add_argument("--n", type=positive_int, default=64, help=f"number of images, at most {MAX_SAMPLES:,} (default 64)")
-    p.add_argument("--class", dest="class_index", type=non_negative_int, help="draw only this class")
+    _add_class(p)
     p.add_argument("--seed", type=any_int, default=0)
     p.add_argument("--truncation", type=positive_float, help="truncate z to [-T, T] (BigGAN's trick)")
     p.add_argument("--device", default="auto")
@@ -180,38 +189,81 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .checkpoint import load_generator
     from .runtime import resolve_device
-    from .sampling import generate, iter_generate
+    from .sampling import class_index_of, generate, iter_generate
+    from .source import load_source
     from .viz import save_grid, save_png, to_uint8
 
     device = resolve_device(args.device)
     if not args.out_dir and args.n > 4096:
         raise ValueError(f"--n {args.n} is too many for one grid (at most 4096); use --out-dir for single images")
-    G, _ = load_generator(args.source, use_ema=args.ema)
-    G = G.to(device)
+    G = load_source(args.source, use_ema=args.ema).G.to(device)
+    options = {
+        "seed": args.seed,
+        "class_index": class_index_of(G, args.class_index),
+        "truncation": args.truncation,
+        "device": device,
+    }
     if args.out_dir:
         folder = Path(args.out_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        for start, images, _ in iter_generate(
-            G,
-            args.n,
-            seed=args.seed,
-            class_index=args.class_index,
-            truncation=args.truncation,
-            device=device,
-            progress=True,
-        ):
+        for start, images, _ in iter_generate(G, args.n, progress=True, **options):
             for i, image in enumerate(to_uint8(images)):
                 save_png(image, folder / f"{start + i:06d}.png")
         print(f"wrote {args.n} images to {folder}")
     else:
-        images, _ = generate(
-            G, args.n, seed=args.seed, class_index=args.class_index, truncation=args.truncation, device=device
-        )
+        images, _ = generate(G, args.n, **options)
         out = Path(args.out or "samples.png")
         save_grid(images, out)
         print(f"wrote a grid of {len(images)} images to {out}")
+    return 0
+
+
+def _add_interpolate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "interpolate",
+        help="walks between noise vectors (slerp) or between classes",
+        description="Rows of images walking from one noise vector to another (slerp) at a fixed class; "
+        "with --to-class, from one class to another at fixed noise. Deterministic by --seed.",
+    )
+    _add_source(p)
+    _add_class(p, what="the class of every row (default: each row's own random class)")
+    _add_class(p, "--to-class", "to_class", what="walk from the row's class to this one, noise fixed")
+    p.add_argument("--n", type=_number(int, "n", {"min": 2, "max": 64}), default=8, help="steps per row (default 8)")
+    p.add_argument("--rows", type=_number(int, "rows", {"min": 1, "max": 64}), default=4, help="walks (default 4)")
+    p.add_argument("--seed", type=any_int, default=0)
+    p.add_argument("--truncation", type=positive_float, help="truncate the end points' z to [-T, T]")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="interpolation.png", help="the picture, a row per walk (default interpolation.png)")
+    p.add_argument("--gif", help="also an animated GIF of the walks")
+    p.set_defaults(func=_interpolate)
+
+
+def _interpolate(args: argparse.Namespace) -> int:
+    from .interpolation import interpolate
+    from .runtime import resolve_device
+    from .sampling import class_index_of
+    from .source import load_source
+    from .viz import interpolation_grid, save_gif, save_png
+
+    device = resolve_device(args.device)
+    G = load_source(args.source, use_ema=args.ema).G.to(device)
+    images = interpolate(
+        G,
+        rows=args.rows,
+        steps=args.n,
+        seed=args.seed,
+        class_index=class_index_of(G, args.class_index),
+        to_class=class_index_of(G, args.to_class, "--to-class"),
+        truncation=args.truncation,
+        device=device,
+    )
+    save_png(interpolation_grid(images), args.out)
+    written = [args.out]
+    if args.gif:
+        save_gif(images, args.gif)
+        written.append(args.gif)
+    print(f"wrote {args.rows} walks of {args.n} steps to {' and '.join(written)}")
     return 0
 
 
@@ -266,7 +318,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         default=50_000,
         help="generated samples, and at most as many real images (default 50000)",
     )
-    p.add_argument("--metrics", default="fid,is,kid", help="comma-separated subset of fid,is,kid (default all)")
+    p.add_argument("--metrics", default="fid,is,kid", help="comma-separated: fid,is,kid,prc (default fid,is,kid)")
     p.add_argument(
         "--inception-weights", help="local Inception weights file (offline machines); or set SAGAN_INCEPTION_WEIGHTS"
     )
@@ -274,26 +326,35 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truncation", type=positive_float)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", help="folder of downloaded datasets")
+    p.add_argument("--split", help="split of hf: data (default: the run's, or train)")
+    p.add_argument("--image-column", help="image column of hf: data (default: the run's, or image)")
+    p.add_argument("--label-column", help="label column of hf: data (default: the run's, or label if there is one)")
     p.set_defaults(func=_eval)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .checkpoint import load_generator
     from .data import build_dataset
     from .metrics import evaluate_generator, load_inception_state, parse_metrics
     from .rundir import MetricsLog
     from .runtime import resolve_device
+    from .source import load_source
 
     metrics = parse_metrics(args.metrics)
     device = resolve_device(args.device)
     inception = load_inception_state(args.inception_weights)
-    G, state = load_generator(args.source, use_ema=args.ema)
-    train = state.config
-    dataset = build_dataset(
-        args.data or train.data, G.resolution, seed=train.seed, shapes_size=train.data_size, data_dir=args.data_dir
-    )
+    source = load_source(args.source, use_ema=args.ema)
+    train = source.state.config if source.state is not None else None
+    data = args.data or (train.data if train is not None else None)
+    if data is None:
+        raise ValueError(f"{args.source} is {source.kind} and does not record its training data: pass --data")
+    options = {"seed": train.seed, "shapes_size": train.data_size} if train is not None else {}
+    for name in ("split", "image_column", "label_column"):  # hf: data: the flag, else the run's own
+        value = getattr(args, name) or (getattr(train, name) if train is not None and data == train.data else None)
+        if value is not None:
+            options[name] = value
+    dataset = build_dataset(data, source.G.resolution, data_dir=args.data_dir, **options)
     results = evaluate_generator(
-        G.to(device),
+        source.G.to(device),
         dataset,
         n=args.n,
         metrics=metrics,
@@ -303,11 +364,10 @@ def _eval(args: argparse.Namespace) -> int:
         truncation=args.truncation,
         progress=True,
     )
-    print(f"step {state.step}, {args.n} samples: " + ", ".join(f"{k.upper()} {v:.4g}" for k, v in results.items()))
-    run_dir = Path(args.source) if Path(args.source).is_dir() else Path(args.source).parent
-    if (run_dir / "config.json").is_file():  # a run directory: keep the result with the run
-        MetricsLog(run_dir / "metrics.jsonl").write(
-            {"step": state.step, "eval": results, "eval_n": args.n, "ema": args.ema, "data": args.data or train.data}
+    print(f"{source.describe()}, {args.n} samples: " + ", ".join(f"{k.upper()} {v:.4g}" for k, v in results.items()))
+    if source.run_dir is not None:  # keep the result with the run
+        MetricsLog(source.run_dir / "metrics.jsonl").write(
+            {"step": source.step, "eval": results, "eval_n": args.n, "ema": args.ema, "data": data}
         )
     return 0
 
@@ -315,7 +375,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _add_attention(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("attention", help="attention maps of a generated (or real) image, as in the paper")
     _add_source(p)
-    p.add_argument("--class", dest="class_index", type=non_negative_int)
+    _add_class(p, what="the generated image's class")
     p.add_argument("--seed", type=any_int, default=0)
     p.add_argument("--points", type=points, help='query pixels "x,y;x,y" (default: four spread points)')
     p.add_argument("--layer", help="attention block, e.g. G.attn16 or D.attn16 (default: G's first)")
@@ -325,13 +385,15 @@ def _add_attention(sub: argparse._SubParsersAction) -> None:
 
 
 def _attention(args: argparse.Namespace) -> int:
-    from .checkpoint import discriminator_from, load_generator
     from .data import load_image
+    from .sampling import class_index_of
+    from .source import load_source
     from .viz import attention_picture, save_pil
 
-    G, state = load_generator(args.source, use_ema=args.ema)
-    D = discriminator_from(state, args.source)
+    source = load_source(args.source, use_ema=args.ema)
+    G = source.G
     layer = args.layer or min(G.attention_blocks())
+    D = source.discriminator(f"--layer {layer}") if layer.startswith("D.") or args.image else None
     image = None
     if args.image:
         path = Path(args.image)
@@ -339,7 +401,7 @@ def _attention(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--image {path} does not exist")
         image = load_image(path, G.resolution)
     picture = attention_picture(
-        G, layer, D=D, seed=args.seed, class_index=args.class_index, points=args.points, image=image
+        G, layer, D=D, seed=args.seed, class_index=class_index_of(G, args.class_index), points=args.points, image=image
     )
     save_pil(picture, args.out)
     print(f"wrote attention maps of {layer} to {args.out}")
@@ -363,20 +425,33 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="the EMA generator as model.safetensors + config.json (+ ONNX)")
+    p = sub.add_parser("export", help="the EMA generator as model.safetensors + config.json (+ ONNX), or to the Hub")
     _add_source(p)
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (it loads with Generator.from_pretrained)")
     p.add_argument("--onnx", action="store_true", help="also write generator.onnx (needs the onnx package)")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="then upload the folder to this Hub repository")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     p.set_defaults(func=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .checkpoint import load_generator
-    from .export import export_generator
+    from .export import export_onnx
+    from .hub import REPO_ID, push_folder, write_card
+    from .source import load_source
 
-    G, state = load_generator(args.source, use_ema=args.ema)
-    written = export_generator(G, args.out, classes=state.classes, onnx=args.onnx)
-    print("wrote " + ", ".join(str(p) for p in written))
+    if args.push_to_hub and not REPO_ID.match(args.push_to_hub):
+        raise ValueError(f"--push-to-hub {args.push_to_hub!r} is not a Hub repository id such as owner/name")
+    G = load_source(args.source, use_ema=args.ema).G
+    G.save_pretrained(args.out)
+    out = Path(args.out)
+    written = sorted(str(p) for p in out.iterdir() if p.name in ("model.safetensors", "config.json", "README.md"))
+    if args.push_to_hub:  # the card names the repository it loads from
+        write_card(G, out, repo_id=args.push_to_hub)
+    if args.onnx:
+        written.append(str(export_onnx(G, out / "generator.onnx")))
+    print("wrote " + ", ".join(written))
+    if args.push_to_hub:
+        print(f"pushed {out} to {push_folder(out, args.push_to_hub, private=args.private)}")
     return 0
 
 
@@ -395,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_sample,
+    _add_interpolate,
     _add_eval,
     _add_attention,
     _add_plot,

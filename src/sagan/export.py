@@ -1,7 +1,7 @@
 """Sharing a trained generator: safetensors weights + config.json (and optionally ONNX).
 
-The folder loads back with `Generator.from_pretrained(folder)`: no training state and no
-unpickling (safetensors holds raw tensors only).
+The folder loads back with `Generator.from_pretrained(folder)` (or from the Hub: `sagan.hub`): no
+training state and no unpickling (safetensors holds raw tensors only).
 """
 
 from __future__ import annotations
@@ -89,7 +89,14 @@ def load_pretrained(folder: str | Path) -> Generator:
     from safetensors.torch import load_file
 
     G.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    G.class_names = _class_names(config.get("classes", []), model.num_classes or 0, folder / CONFIG_FILE)
     return G.eval()
+
+
+def _class_names(names: object, num_classes: int, path: Path) -> list[str]:
+    if not isinstance(names, list) or len(names) not in (0, num_classes) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: its 'classes' is not a list of {num_classes} class names; export the model again")
+    return names
 
 
 def export_onnx(G: Generator, path: Path) -> Path:

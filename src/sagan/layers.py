@@ -12,13 +12,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def embed_classes(table: nn.Embedding, y: torch.Tensor) -> torch.Tensor:
+    """Rows of an embedding for class indices y (B,), or their weighted sum for class weights y (B, K).
+
+    Weights let a generator move between classes (interpolation): a one-hot row gives exactly
+    the class's own embedding.
+    """
+    return table(y) if not y.is_floating_point() else y.to(table.weight.dtype) @ table.weight
+
+
 class ConditionalBatchNorm2d(nn.Module):
     """Batch norm whose per-channel gain and bias depend on the class (de Vries et al. 2017).
 
         y = (x - mean) / std * (1 + gain(c)) + bias(c)
 
     Two forms:
-      - num_classes > 0 (SAGAN's): gain and bias are class embeddings, c is the class index (B,).
+      - num_classes > 0 (SAGAN's): gain and bias are class embeddings, c is the class index (B,)
+        or class weights (B, num_classes) (see `embed_classes`).
       - condition_dim > 0 (BigGAN's): gain and bias are linear maps of a conditioning vector c
         of shape (B, condition_dim), e.g. a shared class embedding, optionally with a chunk of z.
     The gain is 1 + ... so a fresh layer starts close to plain batch norm.
@@ -48,7 +58,11 @@ class ConditionalBatchNorm2d(nn.Module):
             self.bias = nn.Linear(condition_dim, num_features, bias=False)
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        gain, bias = self.gain(condition)[:, :, None, None], self.bias(condition)[:, :, None, None]
+        if self.log_scale is not None:
+            gain, bias = embed_classes(self.gain, condition), embed_classes(self.bias, condition)
+        else:
+            gain, bias = self.gain(condition), self.bias(condition)
+        gain, bias = gain[:, :, None, None], bias[:, :, None, None]
         if self.log_scale is not None:
             scale = self.log_scale.exp()
             gain, bias = gain * scale, bias * scale

@@ -16,7 +16,8 @@ from torch import nn
 
 from .attention import SelfAttention2d
 from .config import ModelConfig
-from .layers import DownBlock, UpBlock
+from .hub import HubMixin
+from .layers import DownBlock, UpBlock, embed_classes
 from .spectral import apply_spectral_norm
 
 
@@ -90,8 +91,13 @@ def _check_labels(y: torch.Tensor | None, num_classes: int, batch: int, net: str
         return
     if y is None:
         raise ValueError(f"{net} is conditional (num_classes={num_classes}): pass class labels y of shape ({batch},)")
+    if net == "Generator" and y.is_floating_point() and y.shape == (batch, num_classes):
+        return  # class weights: a point between classes
     if y.shape != (batch,) or y.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"{net} expects y as ({batch},) integer class indices, got {tuple(y.shape)} {y.dtype}")
+        weights = f" or ({batch}, {num_classes}) float class weights" if net == "Generator" else ""
+        raise ValueError(
+            f"{net} expects y as ({batch},) integer class indices{weights}, got {tuple(y.shape)} {y.dtype}"
+        )
     # The range check reads values: on a GPU that would stall every forward, and under torch.compile
     # break the graph, so it runs for CPU tensors only (the data pipeline hands out valid labels).
     if (
@@ -105,7 +111,7 @@ def _check_labels(y: torch.Tensor | None, num_classes: int, batch: int, net: str
         )
 
 
-class Generator(nn.Module):
+class Generator(nn.Module, HubMixin):
     """SAGAN generator: z (and a class) -> image in [-1, 1].
 
         z -> linear -> 4x4 map -> UpBlocks (self-attention after the blocks at `attention`)
@@ -125,8 +131,12 @@ class Generator(nn.Module):
         embed_dim: size of the shared class embedding.
         fused_attention: the attention blocks' path (None: `sagan.attention.use_fused_attention()`).
 
+    `Generator.from_pretrained(FOLDER_OR_HUB_ID)`, `save_pretrained(FOLDER)` and `push_to_hub(REPO_ID)`
+    share a trained generator (see `sagan.hub`).
+
     Shape:
-        - z: (B, z_dim); y: (B,) class indices when conditional.
+        - z: (B, z_dim); y: (B,) class indices when conditional, or (B, num_classes) float class
+          weights (a point between classes: one-hot rows give the classes themselves).
         - Output: (B, 3, R, R).
 
     Examples::
@@ -172,6 +182,7 @@ class Generator(nn.Module):
             "embed_dim": embed_dim,
         }
         self.resolution, self.z_dim, self.num_classes = resolution, z_dim, num_classes
+        self.class_names: list[str] = []  # the training data's, where known (kept by export and the Hub)
         self.chunk = z_dim // num_chunks if hierarchical_z else 0
         self.shared = nn.Embedding(num_classes, embed_dim) if shared_embedding else None
         condition_dim = (embed_dim + self.chunk) if shared_embedding else 0
@@ -188,13 +199,6 @@ class Generator(nn.Module):
         orthogonal_init_(self)
         apply_spectral_norm(self)
 
-    @classmethod
-    def from_pretrained(cls, folder: str) -> Generator:
-        """Load a generator written by `sagan export` (safetensors + config.json), in eval mode."""
-        from .export import load_pretrained
-
-        return load_pretrained(folder)
-
     def attention_blocks(self) -> dict[str, SelfAttention2d]:
         """The self-attention blocks by name ('G.attn16' = after the block that outputs 16x16)."""
         resolutions = block_resolutions(self.resolution)[0]
@@ -208,7 +212,7 @@ class Generator(nn.Module):
         if self.chunk:
             z, *rest = torch.split(z, [self.z_dim - self.chunk * len(self.blocks)] + [self.chunk] * len(self.blocks), 1)
             chunks = list(rest)
-        embedding = self.shared(y) if self.shared is not None else y  # what the BNs are conditioned on
+        embedding = embed_classes(self.shared, y) if self.shared is not None else y  # what the BNs are conditioned on
         h = self.linear(z).view(z.shape[0], -1, 4, 4)
         for i, block in enumerate(self.blocks):
             condition = embedding if chunks[i] is None else torch.cat([embedding, chunks[i]], 1)

@@ -62,6 +62,25 @@ def sample_labels(
     return torch.randint(num_classes, (n,), generator=generator, device=device)
 
 
+def class_index_of(G: nn.Module, text: str | int | None, flag: str = "--class") -> int | None:
+    """A class given as an index or as one of G's class names (`G.class_names`), checked against G."""
+    if text is None:
+        return None
+    names = list(getattr(G, "class_names", []) or [])
+    if isinstance(text, int) or str(text).lstrip("-").isdigit():
+        index = int(text)
+    elif text in names:
+        index = names.index(text)
+    else:
+        known = f"its classes are {', '.join(names[:20])}" if names else "it has no class names: give an index"
+        raise ValueError(f"{flag} {text!r} is not a class of this generator; {known}")
+    if not G.num_classes:
+        raise ValueError(f"this generator is unconditional: drop {flag}")
+    if not 0 <= index < G.num_classes:
+        raise ValueError(f"{flag} {index} is outside [0, {G.num_classes}); the model has {G.num_classes} classes")
+    return index
+
+
 def draw_inputs(
     start: int,
     count: int,

@@ -32,6 +32,26 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, p
     save_png(make_grid(to_uint8(images), nrow=nrow, padding=padding, pad_value=255), path)
 
 
+def interpolation_grid(images: torch.Tensor, padding: int = 2) -> torch.Tensor:
+    """(rows, steps, 3, H, W) in [-1, 1] -> one uint8 (3, H', W') picture, a row per walk."""
+    return make_grid(to_uint8(images.flatten(0, 1)), nrow=images.shape[1], padding=padding, pad_value=255)
+
+
+def save_gif(images: torch.Tensor, path: str | Path, frame_ms: int = 120) -> None:
+    """(rows, steps, 3, H, W) in [-1, 1] as an animated GIF, atomically: frame t shows every row at step t.
+
+    The walk plays forwards then backwards, so the loop has no jump.
+    """
+    rows, steps = images.shape[:2]
+    nrow = max(1, math.ceil(math.sqrt(rows)))
+    frames = [make_grid(to_uint8(images[:, t]), nrow=nrow, padding=2, pad_value=255) for t in range(steps)]
+    frames += frames[-2:0:-1]
+    pictures = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in frames]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)
+    atomic_write(path, lambda fh: fh.write(buffer.getvalue()))
+
+
 # -- attention maps ------------------------------------------------------------------------------
 #: Marker colours for query points (RGB), cycled.
 POINT_COLOURS = [(0, 255, 255), (255, 64, 255), (255, 255, 0), (64, 255, 64), (255, 128, 0), (128, 128, 255)]
