@@ -157,7 +157,16 @@ class TrainConfig:
     """A training run. `model` defines the nets; every other field may change when a run is resumed."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: str = _field("shapes", "shapes (built-in), cifar10, a folder of images, an .npz, or cifar-10-python.tar.gz")
+    data: str = _field(
+        "shapes",
+        "shapes (built-in), cifar10, a folder or .zip of images, an .npz, cifar-10-python.tar.gz, or hf:DATASET",
+    )
+    split: str = _field("train", "the split of hf: data")
+    image_column: str = _field("image", "the image column of hf: data")
+    label_column: str | None = _field(None, "the label column of hf: data", default_help="label, if there is one")
+    mirror: bool = _field(
+        False, "flip real images left-right at random (deterministic by seed)", flag=("--mirror", "--no-mirror")
+    )
     steps: int | None = _field(None, "generator steps", min=1, max=MAX_STEPS)
     batch_size: int | None = _field(None, "images per process and step", min=1, max=MAX_BATCH)
     out: str | None = _field(None, "run directory", default_help="runs/<timestamp>")
@@ -207,9 +216,10 @@ class TrainConfig:
     tensorboard: bool = _field(
         False, "also write TensorBoard events (pip install 'sagan-pytorch[tensorboard]')", flag=("--tensorboard",)
     )
+    wandb: bool = _field(False, "also log to Weights & Biases (pip install 'sagan-pytorch[wandb]')", flag=("--wandb",))
     eval_every: int = _field(0, "steps between evaluations (0: never); keeps best.pt by FID", min=0)
     eval_n: int = _field(5000, "samples per evaluation", min=2, max=1_000_000)
-    eval_metrics: str = _field("fid", "comma-separated subset of fid,is,kid")
+    eval_metrics: str = _field("fid", "comma-separated subset of fid,is,kid,prc (precision/recall)")
     inception_weights: str | None = _field(
         None, "Inception weights file for evaluation", default_help="$SAGAN_INCEPTION_WEIGHTS, then torch hub's folder"
     )

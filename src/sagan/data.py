@@ -9,11 +9,16 @@ one of them:
     path/to/cifar-10-python.tar.gz  the same archive, given by path
     path/to/file.npz              `images` (N, H, W, 3) uint8 and optional `labels` (N,) ints
     path/to/folder                images (jpg/png/webp/bmp): flat (unconditional) or one subfolder per class
+    path/to/images.zip            the same inside a zip, read in place; or stylegan2-ada's dataset_tool zip
+                                  (labels from its dataset.json)
+    hf:PATH_OR_NAME               a Hugging Face `datasets` dataset (save_to_disk folder, data files, or the
+                                  local cache), with --split, --image-column, --label-column
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -21,6 +26,7 @@ import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -248,46 +254,42 @@ def _pil_to_uint8(im: Image.Image) -> np.ndarray:
     return np.array(im.convert("RGB"))
 
 
-def load_image(path: str | Path, resolution: int | None = None, transform: v2.Compose | None = None) -> torch.Tensor:
-    """One image file as a (3, R, R) float tensor in [-1, 1] (resized and centre-cropped). ValueError if unreadable."""
+def load_image(
+    path: str | Path | IO[bytes],
+    resolution: int | None = None,
+    transform: v2.Compose | None = None,
+    name: str | None = None,
+) -> torch.Tensor:
+    """One image (a file, or a file object called `name`) as a (3, R, R) float tensor in [-1, 1], resized and
+    centre-cropped. ValueError if unreadable."""
     try:
         with Image.open(path) as im:
             im.load()  # decode now: a file cut short or with broken data fails here, not later
             image = torch.from_numpy(_pil_to_uint8(im)).permute(2, 0, 1)
     except Exception as err:  # noqa: BLE001 (PIL's error types for bad files vary by format)
-        raise ValueError(f"cannot read image {path} ({type(err).__name__}: {err})") from None
+        raise ValueError(f"cannot read image {name or path} ({type(err).__name__}: {err})") from None
     return (transform or _resize_and_crop(resolution))(image)
 
 
-class ImageFolderDataset(Dataset):
-    """Images in a folder: flat (no labels), or one subfolder per class (labels from folder names).
+class ImageFilesDataset(Dataset):
+    """Images read one at a time from somewhere (a folder, a zip, a Hugging Face dataset): the common part.
 
-    Listing reads directory entries only. A file that fails to decode when it is read is replaced by
-    the next readable file in the listing (the same one every time, so a resumed run sees what an
-    uninterrupted one saw), and counted; the first one is reported in a warning.
-    Images are resized (shorter side) and centre-cropped to resolution x resolution.
+    `samples` lists (key, class index); subclasses say how a key opens (`open_image`) and is named.
+    A file that fails to decode when it is read is replaced by the next readable one in the listing
+    (the same one every time, so a resumed run sees what an uninterrupted one saw), and counted in
+    `unreadable`; the first one is reported in a warning. Images are resized (shorter side) and
+    centre-cropped to resolution x resolution.
     """
 
-    def __init__(self, root: str | Path, resolution: int) -> None:
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist")
-        class_dirs = sorted(Path(e.path) for e in os.scandir(root) if e.is_dir())
-        per_class = [(d, _list_images(d)) for d in class_dirs]
-        per_class = [(d, files) for d, files in per_class if files]
-        if per_class:
-            self.classes = [d.name for d, _ in per_class]
-            self.samples = [(p, label) for label, (_, files) in enumerate(per_class) for p in files]
-        else:
-            self.classes = []
-            self.samples = [(p, 0) for p in _list_images(root)]
-        if not self.samples:
+    def __init__(self, samples: list[tuple[Any, int]], classes: list[str], resolution: int, where: str) -> None:
+        if not samples:
             raise ValueError(
-                f"no readable images in {root}; put {'/'.join(IMAGE_EXTENSIONS)} files in it "
+                f"no readable images in {where}; put {'/'.join(IMAGE_EXTENSIONS)} files in it "
                 f"or in one subfolder per class"
             )
-        self.root, self.transform = root, _resize_and_crop(resolution)
-        self.unreadable: set[Path] = set()
+        self.samples, self.classes, self.where = samples, classes, where
+        self.transform = _resize_and_crop(resolution)
+        self.unreadable: set[Any] = set()
 
     @property
     def num_classes(self) -> int:
@@ -296,21 +298,266 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def open_image(self, key: Any) -> str | Path | IO[bytes]:
+        """What PIL opens for a key: a path, or a file object of the image's bytes."""
+        return key
+
+    def name_of(self, key: Any) -> str:
+        return str(key)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for offset in range(len(self.samples)):  # bounded: at most one pass over the listing
-            path, label = self.samples[(index + offset) % len(self.samples)]
-            if path in self.unreadable:
+            key, label = self.samples[(index + offset) % len(self.samples)]
+            if key in self.unreadable:
                 continue
             try:
-                return load_image(path, transform=self.transform), label
-            except ValueError as err:
+                return load_image(self.open_image(key), transform=self.transform, name=self.name_of(key)), label
+            except (ValueError, OSError) as err:
                 if not self.unreadable:
                     warnings.warn(
                         f"skipping an unreadable image, replaced by the next readable one: {err}; "
                         f"further ones are counted at the end"
                     )
-                self.unreadable.add(path)
-        raise ValueError(f"no readable images in {self.root}: every one of {len(self.samples)} files failed to decode")
+                self.unreadable.add(key)
+        raise ValueError(f"no readable images in {self.where}: every one of {len(self.samples)} failed to decode")
+
+
+def labelled(groups: list[tuple[str, list[Any]]], flat: list[Any]) -> tuple[list[tuple[Any, int]], list[str]]:
+    """Samples and class names from (class name, keys) groups, in order; the flat keys when no group has any."""
+    groups = [(name, keys) for name, keys in groups if keys]
+    if groups:
+        return [(k, label) for label, (_, keys) in enumerate(groups) for k in keys], [name for name, _ in groups]
+    return [(k, 0) for k in flat], []
+
+
+class ImageFolderDataset(ImageFilesDataset):
+    """Images in a folder: flat (no labels), or one subfolder per class (labels from folder names).
+
+    Listing reads directory entries only (`os.scandir`): no file is opened before it is read.
+    """
+
+    def __init__(self, root: str | Path, resolution: int, listing: list[tuple[str, int]] | None = None,
+                 classes: list[str] | None = None) -> None:  # fmt: skip
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"image folder {root} does not exist")
+        if listing is not None:  # a run's saved listing (see listing_of): the same images in the same order
+            samples, names = [(root / rel, label) for rel, label in listing], list(classes or [])
+        else:
+            class_dirs = sorted(Path(e.path) for e in os.scandir(root) if e.is_dir())
+            groups = [(d.name, _list_images(d)) for d in class_dirs]
+            samples, names = labelled(groups, [] if any(files for _, files in groups) else _list_images(root))
+        super().__init__(samples, names, resolution, str(root))
+        self.root = root
+
+    def listing_of(self) -> list[tuple[str, int]]:
+        """The listing as (path relative to the folder, class index): what a run directory keeps."""
+        return [(str(path.relative_to(self.root)), label) for path, label in self.samples]
+
+    @classmethod
+    def with_listing_cache(cls, root: str | Path, resolution: int, cache: Path, write: bool) -> ImageFolderDataset:
+        """The folder, listed once per run: a run keeps its listing in `cache` (JSON) and reads it on resume.
+
+        So a resumed run sees the images, order and classes it started with without walking the folder
+        again (minutes for millions of files on a network disk); files added since are not seen, and
+        files removed since are skipped when read. A cache of another folder is ignored.
+        """
+        root = Path(root)
+        saved = _read_listing(cache, root)
+        if saved is not None:
+            return cls(root, resolution, listing=saved["files"], classes=saved["classes"])
+        dataset = cls(root, resolution)
+        if write:
+            from .files import atomic_write_json
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(
+                cache, {"root": str(root.resolve()), "classes": dataset.classes, "files": dataset.listing_of()}
+            )
+        return dataset
+
+
+def _read_listing(cache: Path, root: Path) -> dict[str, Any] | None:
+    """A run's saved folder listing, if it is there, intact and of this folder."""
+    try:
+        saved = json.loads(cache.read_text())
+        files, classes = saved["files"], saved["classes"]
+        ok = saved["root"] == str(root.resolve()) and isinstance(classes, list) and isinstance(files, list)
+        ok = ok and all(isinstance(f, list) and len(f) == 2 and 0 <= f[1] < max(len(classes), 1) for f in files)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not ok or not files:
+        return None
+    return saved
+
+
+#: A zip member larger than this is not an image to train on (a zip bomb claims gigabytes).
+MAX_MEMBER_BYTES = 64 * 2**20
+
+
+class ZipImageDataset(ImageFilesDataset):
+    """Images in a zip file, read in place (no extraction).
+
+    Labels: stylegan2-ada's `dataset.json` ({"labels": [[name, class], ...] or null}) when the zip has
+    one; otherwise one top-level folder per class, as for a folder (a single folder wrapping
+    everything is looked through). Members are opened lazily, once per process (DataLoader workers too).
+    """
+
+    def __init__(self, path: str | Path, resolution: int) -> None:
+        self.path = Path(path)
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                infos = [i for i in archive.infolist() if not i.is_dir() and _is_image(i.filename)]
+                labels = _zip_labels(archive, self.path)
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            raise ValueError(
+                f"{self.path} is not a readable zip file ({err}); make it with zip or dataset_tool"
+            ) from None
+        names = [i.filename for i in infos if i.file_size <= MAX_MEMBER_BYTES]
+        if labels == {}:  # dataset.json without labels: unconditional, whatever the folders
+            samples, classes = [(n, 0) for n in sorted(names)], []
+        elif labels is not None:
+            samples = [(n, labels[n]) for n in sorted(names) if n in labels]
+            classes = [str(i) for i in range(max((lab for _, lab in samples), default=-1) + 1)]
+        else:
+            samples, classes = _zip_samples(sorted(names))
+        super().__init__(samples, classes, resolution, str(self.path))
+        self._archive: tuple[int, zipfile.ZipFile] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_archive": None}  # an open zip does not cross into another process
+
+    def open_image(self, key: str) -> IO[bytes]:
+        if self._archive is None or self._archive[0] != os.getpid():
+            self._archive = (os.getpid(), zipfile.ZipFile(self.path))
+        return io.BytesIO(self._archive[1].read(key))
+
+    def name_of(self, key: str) -> str:
+        return f"{self.path}:{key}"
+
+
+def _is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not Path(name).name.startswith(".")
+
+
+def _zip_labels(archive: zipfile.ZipFile, path: Path) -> dict[str, int] | None:
+    """stylegan2-ada's dataset.json labels ({member: class}); {} when its labels are null, None without the file."""
+    if "dataset.json" not in archive.namelist():
+        return None
+    info = archive.getinfo("dataset.json")
+    try:
+        if info.file_size > 16 * MAX_MEMBER_BYTES:
+            raise ValueError("too large")
+        labels = json.loads(archive.read(info)).get("labels")
+        if labels is None:
+            return {}
+        table = {str(name): label for name, label in labels}
+        if not all(type(v) is int and 0 <= v < MAX_CLASSES for v in table.values()):
+            raise ValueError("labels must be integers 0, 1, 2, ...")
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f'{path}: dataset.json is not stylegan2-ada\'s form {{"labels": [[file, class], ...]}} ({err})'
+        ) from None
+    return table
+
+
+def _zip_samples(names: list[str]) -> tuple[list[tuple[str, int]], list[str]]:
+    """Class folders inside a zip (looking through one wrapping folder), else every image unlabelled."""
+    parts = [n.split("/") for n in names]
+    depth = 0
+    while parts and all(len(p) > depth + 1 for p in parts) and len({p[depth] for p in parts}) == 1:
+        depth += 1  # one folder wraps everything: look inside it
+    groups: dict[str, list[str]] = {}
+    for name, p in zip(names, parts):
+        if len(p) > depth + 1:
+            groups.setdefault(p[depth], []).append(name)
+    return labelled(sorted(groups.items()), names)
+
+
+class HFImageDataset(ImageFilesDataset):
+    """A Hugging Face `datasets` dataset: an image column, and optionally a label column.
+
+    `spec` is a folder written by `save_to_disk`, a folder of data files, or a dataset name in the
+    local cache (`HF_DATASETS_OFFLINE=1` keeps it off the network); no loading script ever runs.
+    Images are read undecoded and decoded here, so a bad one is skipped like a bad file.
+    Labels: a ClassLabel column gives its names; integers 0..K-1 or strings give their sorted values.
+    """
+
+    def __init__(self, spec: str, resolution: int, split: str = "train", image_column: str = "image",
+                 label_column: str | None = None) -> None:  # fmt: skip
+        table = load_hf_table(spec, split)
+        columns = table.column_names
+        if image_column not in columns:
+            raise ValueError(f"hf:{spec} has no column {image_column!r} (it has {columns}); pass --image-column")
+        if label_column is not None and label_column not in columns:
+            raise ValueError(f"hf:{spec} has no column {label_column!r} (it has {columns}); pass --label-column")
+        label_column = label_column or ("label" if "label" in columns else None)
+        labels, classes = _hf_labels(table, label_column, spec) if label_column else ([0] * len(table), [])
+        try:
+            from datasets import Image as ImageFeature
+
+            if isinstance(table.features[image_column], ImageFeature):
+                table = table.cast_column(image_column, ImageFeature(decode=False))
+        except ImportError:  # pragma: no cover (load_hf_table needs datasets)
+            pass
+        self.table, self.image_column, self.spec = table, image_column, spec
+        super().__init__(list(zip(range(len(table)), labels)), classes, resolution, f"hf:{spec}")
+
+    def open_image(self, key: int) -> str | IO[bytes]:
+        value = self.table[key][self.image_column]
+        if isinstance(value, dict) and value.get("bytes"):
+            return io.BytesIO(value["bytes"])
+        if isinstance(value, dict) and value.get("path"):
+            return value["path"]
+        if isinstance(value, (bytes, bytearray)):
+            return io.BytesIO(value)
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"hf:{self.spec} row {key}: {self.image_column!r} holds no image bytes or path")
+
+    def name_of(self, key: int) -> str:
+        return f"hf:{self.spec} row {key}"
+
+
+def load_hf_table(spec: str, split: str) -> Any:
+    """One split of a Hugging Face dataset: from `save_to_disk`'s folder, or `load_dataset` (local files / cache)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(f"--data hf:{spec} needs the datasets package: pip install 'sagan-pytorch[hf]'") from None
+    folder = Path(spec)
+    try:
+        if folder.is_dir() and any((folder / f).is_file() for f in ("dataset_dict.json", "state.json")):
+            table = datasets.load_from_disk(str(folder))
+            if isinstance(table, datasets.DatasetDict):
+                if split not in table:
+                    raise ValueError(f"hf:{spec} has splits {sorted(table)}, not {split!r}; pass --split")
+                table = table[split]
+            return table
+        return datasets.load_dataset(spec, split=split)
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 (datasets raises its own error types, and OSError / FileNotFoundError)
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"--data hf:{spec}: cannot load it ({type(err).__name__}: {first}); give a folder written by "
+            f"save_to_disk, a folder of data files, or a dataset name in the local Hugging Face cache"
+        ) from None
+
+
+def _hf_labels(table: Any, column: str, spec: str) -> tuple[list[int], list[str]]:
+    """Class indices and names of a label column (ClassLabel names, or the sorted distinct values)."""
+    values = table[column]
+    names = getattr(table.features[column], "names", None)
+    if names:
+        return [int(v) for v in values], list(names)
+    distinct = sorted(set(values), key=lambda v: (isinstance(v, str), v))
+    if len(distinct) > MAX_CLASSES or not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in distinct):
+        raise ValueError(f"hf:{spec}: labels in {column!r} must be integers or strings (at most {MAX_CLASSES:,})")
+    if all(isinstance(v, int) for v in distinct) and distinct == list(range(len(distinct))):
+        return list(values), [str(v) for v in distinct]
+    index = {v: i for i, v in enumerate(distinct)}
+    return [index[v] for v in values], [str(v) for v in distinct]
 
 
 def build_dataset(
@@ -321,8 +568,19 @@ def build_dataset(
     shapes_size: int = 50_000,
     download: bool = False,
     data_dir: str | Path | None = None,
+    split: str = "train",
+    image_column: str = "image",
+    label_column: str | None = None,
+    listing_cache: Path | None = None,
+    write_listing: bool = True,
 ) -> Dataset:
-    """The dataset that `--data` names (see the module docstring). Errors say what to pass instead."""
+    """The dataset that `--data` names (see the module docstring). Errors say what to pass instead.
+
+    split, image_column and label_column are for `hf:` data; a folder's listing is kept in (and read
+    from) `listing_cache` when given (see ImageFolderDataset.with_listing_cache).
+    """
+    if data.startswith("hf:"):
+        return HFImageDataset(data[3:], resolution, split, image_column, label_column)
     if data == "shapes":
         return ShapesDataset(resolution, size=shapes_size, seed=seed)
     if data == "cifar10":
@@ -333,15 +591,31 @@ def build_dataset(
             f"--data {data!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor an existing file or folder"
         )
     if path.is_dir():
+        if listing_cache is not None:
+            return ImageFolderDataset.with_listing_cache(path, resolution, listing_cache, write_listing)
         return ImageFolderDataset(path, resolution)
     if path.suffix == ".npz":
         return load_npz(path, resolution)
+    if path.suffix.lower() == ".zip":
+        return ZipImageDataset(path, resolution)
     if path.name.endswith((".tar.gz", ".tgz")):
         return load_cifar10(path, resolution)
     raise ValueError(
         f"--data {data!r}: cannot read {path.suffix or 'this'} files; "
-        f"give a folder of images, an .npz file or cifar-10-python.tar.gz"
+        f"give a folder of images, a .zip of images, an .npz file, cifar-10-python.tar.gz or hf:DATASET"
     )
+
+
+def mirror(images: torch.Tensor, seed: int, position: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """Flip images (B, C, H, W) left-right at random: this rank's slice of the global batch at `position`.
+
+    Which images flip depends only on the seed and the position in the data stream (like the data
+    order, see StepSampler), so a resumed run, or one with another number of processes, flips the same.
+    """
+    b = images.shape[0]
+    gen = torch.Generator().manual_seed((seed * 1_000_003 + position + 0x5EED) % (2**63))
+    flips = (torch.rand(b * world_size, generator=gen) < 0.5)[rank * b : (rank + 1) * b]
+    return torch.where(flips.to(images.device)[:, None, None, None], images.flip(-1), images)
 
 
 class StepSampler(Sampler[int]):

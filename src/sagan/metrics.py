@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +23,18 @@ from torch.utils.data import Dataset
 from .sampling import draw_inputs
 from .viz import to_uint8
 
-METRICS = ("fid", "is", "kid")
+METRICS = ("fid", "is", "kid", "prc")  # prc: precision and recall (Kynkäänniemi et al. 2019)
+#: torch-fidelity's result names -> ours
+RESULT_NAMES = {
+    "frechet_inception_distance": "fid",
+    "inception_score_mean": "is",
+    "inception_score_std": "is_std",
+    "kernel_inception_distance_mean": "kid",
+    "kernel_inception_distance_std": "kid_std",
+    "precision": "precision",
+    "recall": "recall",
+    "f_score": "f_score",
+}
 INCEPTION_ENV = "SAGAN_INCEPTION_WEIGHTS"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
@@ -31,7 +44,18 @@ def parse_metrics(text: str) -> list[str]:
     unknown = [n for n in names if n not in METRICS]
     if unknown or not names:
         raise ValueError(f"--metrics {text!r}: choose from {','.join(METRICS)} (comma-separated)")
+    if "prc" in names and not has_prc():
+        raise ValueError(
+            "--metrics prc needs a torch-fidelity with precision/recall (0.3 or later): pip install -U torch-fidelity"
+        )
     return names
+
+
+def has_prc() -> bool:
+    """Whether the installed torch-fidelity computes precision and recall."""
+    from torch_fidelity.defaults import DEFAULTS
+
+    return "prc" in DEFAULTS
 
 
 def inception_hub_path() -> Path:
@@ -92,14 +116,27 @@ def _in_memory(state: dict[str, torch.Tensor]) -> io.BytesIO:
     return buffer
 
 
+def _array_globals() -> list[Any]:
+    """What unpickling a plain numpy array takes (torch-fidelity caches FID statistics as arrays); none runs code."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, *{type(np.dtype(t)) for t in (np.float32, np.float64, np.int64)}]
+
+
 @contextlib.contextmanager
 def _weights_only_loads() -> Iterator[None]:
-    """Every torch.load in this block reads tensors only, whatever its caller asks (torch's own switch)."""
+    """Every torch.load in this block reads tensors (and plain numpy arrays) only, whatever its caller asks
+    (torch's own switch)."""
     saved = {k: os.environ.get(k) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     try:
-        yield
+        with torch.serialization.safe_globals(_array_globals()):
+            yield
     finally:
         for key, value in saved.items():
             if value is None:
@@ -148,6 +185,36 @@ class _GeneratedImages(Dataset):
         return self._cached[1][i - start]
 
 
+def _cache_options(
+    cache_dir: str | Path | None, data_key: str, dataset: Dataset, indices: list[int]
+) -> dict[str, object]:
+    """torch-fidelity's cache settings: the real input's features kept in cache_dir under a name for its content."""
+    if cache_dir is None:
+        return {"cache": False}
+    import hashlib
+
+    image = dataset[indices[0]][0] if indices else torch.empty(0)
+    digest = hashlib.sha256(f"{data_key}|{tuple(image.shape)}|{len(dataset)}|".encode())
+    digest.update(torch.tensor(indices, dtype=torch.int64).numpy().tobytes())
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    _vet_cache(Path(cache_dir))
+    return {"cache": True, "cache_root": str(cache_dir), "input2_cache_name": f"sagan-real-{digest.hexdigest()[:20]}"}
+
+
+def _vet_cache(folder: Path) -> None:
+    """Read every cached file here first, tensors and arrays only; anything else is deleted (and recomputed).
+
+    torch-fidelity then loads them itself, under the weights-only switch as well.
+    """
+    for path in folder.glob("*.pt"):
+        try:
+            with torch.serialization.safe_globals(_array_globals()):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 (a damaged or foreign file: drop it, the features are recomputed)
+            warnings.warn(f"removing {path}: not a feature cache of tensors; it will be recomputed")
+            path.unlink(missing_ok=True)
+
+
 def evaluate_generator(
     G: nn.Module,
     dataset: Dataset,
@@ -159,10 +226,17 @@ def evaluate_generator(
     truncation: float | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    cache_dir: str | Path | None = None,
+    data_key: str = "",
 ) -> dict[str, float]:
-    """{fid, is, is_std, kid, kid_std} (those asked for) of n samples of G (in eval mode, classes drawn
-    uniformly) against up to n images of dataset. inception_weights: a state dict from
-    `load_inception_state`, or where to find one (see there)."""
+    """{fid, is, is_std, kid, kid_std, precision, recall, f_score} (those asked for) of n samples of G (in
+    eval mode, classes drawn uniformly) against up to n images of dataset. inception_weights: a state dict
+    from `load_inception_state`, or where to find one (see there).
+
+    With cache_dir, the real images' features are computed once and kept there (torch-fidelity's cache),
+    keyed by data_key (what the data is), the resolution and the images chosen (so the seed and n):
+    the evaluations of a run read its real images once.
+    """
     import torch_fidelity
 
     names = parse_metrics(metrics) if isinstance(metrics, str) else list(metrics)
@@ -189,20 +263,14 @@ def evaluate_generator(
         # torch-fidelity torch.loads its weights itself: it gets the tensors read above, in memory, and
         # (below) torch's switch that makes every load tensors-only. No file is unpickled on our behalf.
         "feature_extractor_weights_path": _in_memory(state),
-        "cache": False,
+        "prc": "prc" in names,
         "verbose": progress,
         "rng_seed": seed,
+        **_cache_options(cache_dir, data_key, dataset, real_indices),
     }
     try:
         with _weights_only_loads():
             raw = torch_fidelity.calculate_metrics(**kwargs)
     finally:
         G.train(was_training)
-    keys = {
-        "frechet_inception_distance": "fid",
-        "inception_score_mean": "is",
-        "inception_score_std": "is_std",
-        "kernel_inception_distance_mean": "kid",
-        "kernel_inception_distance_std": "kid_std",
-    }
-    return {short: float(raw[long]) for long, short in keys.items() if long in raw}
+    return {short: float(raw[long]) for long, short in RESULT_NAMES.items() if long in raw}

@@ -5,6 +5,8 @@ RUN/config.json           what the run is (TrainConfig, class names, processes)
 RUN/metrics.jsonl         one JSON object per line: training records and evaluations
 RUN/samples/step-N.png    sample grids of the EMA generator
 RUN/checkpoint-N.pt       see sagan.checkpoint
+RUN/listing.json          a folder dataset's listing, read again on resume (see data.ImageFolderDataset)
+RUN/fidelity-cache/       the real images' Inception features, computed once per run (see sagan.metrics)
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from typing import Any
 from typing_extensions import Self
 
 from .files import RunLock, atomic_write_json, atomic_write_text, remove_stale_temporaries
+
+LISTING_FILE = "listing.json"
+FIDELITY_CACHE = "fidelity-cache"
 
 
 class MetricsLog:

@@ -28,12 +28,13 @@ from typing_extensions import Self
 from . import __version__
 from .checkpoint import TrainState, checkpoint_path, list_checkpoints, load_state, nets_config, prune_checkpoints
 from .config import ConfigError, ModelConfig, TrainConfig, flag_name, model_field_names
-from .data import StepSampler, build_dataset
+from .data import StepSampler, build_dataset, mirror
 from .distributed import Distributed, any_rank, process_group, restart_count, synchronise_batchnorm
 from .ema import EMA
+from .loggers import ExperimentLoggers
 from .losses import GANLoss, get_loss
 from .models import Discriminator, Generator, build
-from .rundir import RunDirectory
+from .rundir import FIDELITY_CACHE, LISTING_FILE, RunDirectory
 from .runtime import Precision, resolve_device
 from .sampling import sample_labels, sample_noise
 from .viz import save_grid
@@ -222,6 +223,8 @@ class _Run:
             torch.channels_last if self.config.channels_last and not self.ctx.enabled else torch.preserve_format
         )
         real = real.to(self.ctx.device, memory_format=memory_format, non_blocking=True)
+        if self.config.mirror:
+            real = mirror(real, self.config.seed, self.data_position, self.ctx.rank, self.ctx.world_size)
         self.data_position += self.config.batch_size * self.ctx.world_size
         return real, (y.to(self.ctx.device, non_blocking=True) if self.num_classes else None)
 
@@ -310,7 +313,9 @@ def _build_nets(
 def _data(config: TrainConfig, state: TrainState | None, ctx: Distributed) -> tuple[Any, int]:
     """The dataset, and the number of classes the nets condition on (checked against a resumed run's)."""
     dataset = build_dataset(config.data, config.model.resolution, seed=config.seed, shapes_size=config.data_size,
-                            download=config.download and ctx.is_main, data_dir=config.data_dir)  # fmt: skip
+                            download=config.download and ctx.is_main, data_dir=config.data_dir, split=config.split,
+                            image_column=config.image_column, label_column=config.label_column,
+                            listing_cache=Path(config.out) / LISTING_FILE, write_listing=ctx.is_main)  # fmt: skip
     if config.conditional and not dataset.num_classes:
         raise ValueError(f"--conditional needs class labels, and {config.data} has none "
                          f"(use a folder with one subfolder per class)")  # fmt: skip
@@ -394,7 +399,7 @@ def set_up(config: TrainConfig, resume: str | Path | None, ctx: Distributed) -> 
 
 # -- what the loop reports -----------------------------------------------------------------------
 class _Reporter:
-    """Losses averaged between log steps, the progress bar, metrics.jsonl, TensorBoard and sample grids."""
+    """Losses averaged between log steps, the progress bar, metrics.jsonl, sample grids, TensorBoard and W&B."""
 
     def __init__(self, run: _Run) -> None:
         c, device = run.config, run.ctx.device
@@ -409,15 +414,9 @@ class _Reporter:
         self.bar = tqdm(
             total=c.steps, initial=run.step, disable=c.quiet or not run.ctx.is_main, dynamic_ncols=True, unit="step"
         )
-        self.tb = None
-        if c.tensorboard and run.ctx.is_main:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ValueError(
-                    "--tensorboard needs the tensorboard package: pip install 'sagan-pytorch[tensorboard]'"
-                ) from None
-            self.tb = SummaryWriter(str(run.run_dir.path / "tensorboard"))
+        self.trackers = ExperimentLoggers(
+            run.run_dir.path, c.flat(), tensorboard=c.tensorboard and run.ctx.is_main, wandb=c.wandb and run.ctx.is_main
+        )
 
     def add(self, d_stats: torch.Tensor, loss_g: torch.Tensor) -> None:
         self.totals += torch.stack([d_stats[0], loss_g, d_stats[1], d_stats[2]])
@@ -443,11 +442,8 @@ class _Reporter:
             "time": time.time(),
         }
         run.run_dir.log(record)
-        if self.tb:
-            for key in ("loss_d", "loss_g", "d_real", "d_fake", "images_per_s"):
-                self.tb.add_scalar(key, record[key], run.step)
-            for name, g in record["gamma"].items():
-                self.tb.add_scalar(f"gamma/{name}", g, run.step)
+        scalars = {k: record[k] for k in ("loss_d", "loss_g", "d_real", "d_fake", "images_per_s")}
+        self.trackers.scalars(scalars | {f"gamma/{name}": g for name, g in record["gamma"].items()}, run.step)
         self.bar.set_postfix(loss_d=f"{means[0]:.3f}", loss_g=f"{means[1]:.3f}", img_s=f"{record['images_per_s']:.0f}")
         self.totals.zero_()
         self.since, self.t0 = 0, time.perf_counter()
@@ -457,19 +453,15 @@ class _Reporter:
         if run.ctx.is_main:
             images = run.ema.model(self.fixed_z, self.fixed_y).float().cpu()
             save_grid(images, run.run_dir.sample_path(run.step))
-            if self.tb:
-                self.tb.add_images("samples", images.add(1).div(2).clamp(0, 1), run.step)
+            self.trackers.images("samples", images, run.step)
 
     def evaluation(self, run: _Run, results: dict[str, float]) -> None:
         run.run_dir.log({"step": run.step, "eval": results, "eval_n": run.config.eval_n})
-        if self.tb:
-            for key, value in results.items():
-                self.tb.add_scalar(f"eval/{key}", value, run.step)
+        self.trackers.scalars({f"eval/{key}": value for key, value in results.items()}, run.step)
 
     def close(self) -> None:
         self.bar.close()
-        if self.tb:
-            self.tb.close()
+        self.trackers.close()
 
 
 def _save(run: _Run, losses: torch.Tensor, path: Path | None = None) -> None:
@@ -497,6 +489,8 @@ def _evaluate(run: _Run, reporter: _Reporter, losses: torch.Tensor) -> None:
         inception_weights=run.config.inception_weights,
         seed=run.config.seed,
         device=run.ctx.device,
+        cache_dir=run.run_dir.path / FIDELITY_CACHE,  # the real images' features, computed at the first evaluation
+        data_key=run.config.data,
     )
     reporter.evaluation(run, results)
     if results.get("fid", math.inf) < run.best_fid:
