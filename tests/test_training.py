@@ -259,15 +259,40 @@ def test_sampling_is_deterministic_by_seed(tiny_run):
     assert torch.equal(a, b) and torch.equal(ya, yb) and not torch.equal(a, c)
 
 
-def test_tensorboard_flag(tmp_path, capsys):
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        assert main(["train", "--steps", "1", "--out", str(tmp_path / "tb"), "--tensorboard"] + TINY) == 2
-        assert "pip install 'sagan-pytorch[tensorboard]'" in capsys.readouterr().err
-    else:
-        assert main(["train", "--steps", "2", "--out", str(tmp_path / "tb"), "--tensorboard"] + TINY) == 0
-        assert any((tmp_path / "tb" / "tensorboard").iterdir())
+def test_tensorboard_logs_scalars_sample_grids_and_evaluations(tmp_path, inception_weights):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    argv = ["train", "--steps", "2", "--out", str(tmp_path / "tb"), "--tensorboard", "--sample-every", "1"]
+    argv += ["--eval-every", "2", "--eval-n", "8", "--inception-weights", inception_weights]
+    assert main(argv + TINY) == 0
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard")).Reload().Tags()
+    assert {"loss_d", "loss_g", "images_per_s", "gamma/G.attn16", "eval/fid"} <= set(events["scalars"])
+    assert events["images"] == ["samples"]
+
+
+def test_wandb_logs_offline_into_the_run_directory(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="the wandb extra is not installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "wb"
+    assert main(["train", "--steps", "2", "--out", str(run), "--wandb", "--sample-every", "1"] + TINY) == 0
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    (record,) = offline.glob("run-*.wandb")  # the run's local record, which `wandb sync` uploads later
+    assert b"loss_d" in record.read_bytes() and b"gamma/G.attn16" in record.read_bytes()
+    assert len(list((offline / "files" / "media" / "images").glob("samples_*.png"))) == 2  # steps 1 and 2
+
+
+def test_trackers_that_are_not_installed_are_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    for flag, module, extra in (
+        ("--tensorboard", "torch.utils.tensorboard", "tensorboard"),
+        ("--wandb", "wandb", "wandb"),
+    ):
+        monkeypatch.setitem(sys.modules, module, None)
+        assert main(["train", "--steps", "1", "--out", str(tmp_path / flag), flag] + TINY) == 2
+        assert f"pip install 'sagan-pytorch[{extra}]'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -377,3 +402,32 @@ def test_attention_path_is_chosen_when_a_block_is_built():
     assert [b.fused for b in reference.attention_blocks().values()] == [False]
     assert [b.fused for b in Generator(32, ch=8).attention_blocks().values()] == [True]
     assert [b.fused for b in Generator(32, ch=8, fused_attention=False).attention_blocks().values()] == [False]
+
+
+def test_threads_default_to_the_cores_left_idle_by_other_work(monkeypatch):
+    from sagan import runtime
+
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    readings = iter([(100, 200), (150, 300)])  # half the CPU time since the first reading was idle
+    monkeypatch.setattr(runtime, "_cpu_times", lambda: next(readings))
+    assert runtime.idle_cores(sample_s=0) == 2  # 4 cores, 2 cores' worth busy
+    readings = iter([(0, 100), (100, 200)])  # all idle
+    assert runtime.idle_cores(sample_s=0) == 4
+    readings = iter([(0, 100), (0, 200)])  # all busy: still one thread
+    assert runtime.idle_cores(sample_s=0) == 1
+    monkeypatch.setattr(runtime, "_cpu_times", lambda: None)  # no /proc: the load average
+    monkeypatch.setattr(runtime.os, "getloadavg", lambda: (3.2, 0.0, 0.0))
+    assert runtime.idle_cores(sample_s=0) == 1
+
+
+def test_a_run_keeps_its_picked_thread_count_on_resume(tmp_path, monkeypatch):
+    from sagan import runtime
+
+    monkeypatch.setattr(runtime, "idle_cores", lambda: 1)
+    flags = [f for f in TINY if f not in ("--threads", "1")] + ["--checkpoint-every", "1", "--sample-every", "100"]
+    assert main(["train", "--steps", "1", "--out", str(tmp_path / "r"), *flags]) == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["threads"] == 1
+    monkeypatch.setattr(runtime, "idle_cores", lambda: 2)  # more cores idle now: the run keeps its own
+    assert main(["train", "--resume", str(tmp_path / "r"), "--steps", "2", "--quiet"]) == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["threads"] == 1

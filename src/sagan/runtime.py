@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -54,15 +55,39 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.dtype == torch.float16)
 
 
-def idle_cores() -> int:
-    """Cores not busy with other work right now (one-minute load average), at least 1.
+def idle_cores(sample_s: float = 0.3) -> int:
+    """Cores not busy with other work right now, at least 1.
 
     torch uses every core by default; on a machine where another process is busy, its threads
-    then wait on each other, and fewer threads run faster.
+    then wait on each other, and fewer threads run faster (benchmarks/busy_machine.py). Busy time is
+    read from /proc/stat over `sample_s` seconds (it sees a process that started a moment ago), or,
+    where there is no /proc, from the one-minute load average.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
+    busy = busy_cores(sample_s)
     return max(1, min(cores, round(cores - busy)))
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies of all CPUs since boot, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return values[3] + (values[4] if len(values) > 4 else 0), sum(values[:8])  # idle + iowait; without guest time
+
+
+def busy_cores(sample_s: float = 0.3) -> float:
+    """How many cores' worth of work the machine is doing now (all processes)."""
+    first = _cpu_times()
+    if first is not None:
+        time.sleep(sample_s)
+        second = _cpu_times()
+        if second is not None and second[1] > first[1]:
+            busy_share = 1 - (second[0] - first[0]) / (second[1] - first[1])
+            return busy_share * (os.cpu_count() or 1)
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
