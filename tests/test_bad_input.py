@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 import reference
@@ -139,3 +141,21 @@ def test_unknown_subcommand_and_flag(capsys):
             main(argv)
         assert exit_info.value.code == 2
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_help_and_flag_errors_import_no_torch():
+    """`sagan --help`, every subcommand's --help and a mistyped flag answer without importing torch (seconds)."""
+    code = """
+import contextlib, io, sys
+from sagan.cli import _SUBCOMMANDS, main
+names = [add.__name__.removeprefix("_add_") for add in _SUBCOMMANDS]
+for argv in [["--help"]] + [[n, "--help"] for n in names] + [["train", "--wings", "2"], ["sample", "x", "--n", "0"]]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+print(sorted(m for m in ("torch", "torchvision", "numpy", "huggingface_hub") if m in sys.modules), len(names))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.stdout.split() == ["[]", "8"], result.stderr
