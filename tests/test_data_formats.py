@@ -126,7 +126,7 @@ def test_a_saved_hf_dataset_with_class_labels(tmp_path):
         build_dataset(f"hf:{tmp_path / 'nothing-here'}", 8)
 
 
-def test_hf_data_files_with_string_labels_train_from_the_cli(tmp_path, monkeypatch):
+def test_hf_data_files_with_string_labels_train_and_evaluate_from_the_cli(tmp_path, monkeypatch, inception_weights):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     folder = tmp_path / "parquet"
     folder.mkdir()
@@ -138,6 +138,8 @@ def test_hf_data_files_with_string_labels_train_from_the_cli(tmp_path, monkeypat
     assert main([*argv, "--out", str(out), "--sample-every", "100", *tiny_flags()]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["classes"] == ["blue", "green"] and config["train"]["image_column"] == "img"
+    # eval reads the run's data with the run's columns
+    assert main(["eval", str(out), "--n", "4", "--metrics", "fid", "--inception-weights", inception_weights]) == 0
 
 
 # -- --mirror -------------------------------------------------------------------------------------

@@ -263,3 +263,30 @@ def test_config_json_of_an_export_is_checked(exported, tmp_path):
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="class names"):
         Generator.from_pretrained(bad)
+
+
+def test_a_class_is_given_by_name_or_index(tiny_run, tmp_path):
+    out = [tmp_path / "by-name.png", tmp_path / "by-index.png"]
+    assert main(["sample", tiny_run, "--n", "4", "--class", "triangle", "--out", str(out[0])]) == 0
+    assert main(["sample", tiny_run, "--n", "4", "--class", "2", "--out", str(out[1])]) == 0
+    assert Image.open(out[0]).tobytes() == Image.open(out[1]).tobytes()
+
+
+def test_the_readme_hub_round_trip_runs(tiny_run, tmp_path, monkeypatch, offline_hub):
+    """The README's five lines, run as written: export, save, push (to a stand-in Hub that fills the cache), load."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Sharing a generator") :]
+    code = section[section.index("```python") + len("```python") : section.index("```", section.index("```python") + 9)]
+    assert len([line for line in code.splitlines() if line.strip()]) == 5
+
+    def upload_folder(self, repo_id, folder_path, **kw):
+        fill_hub_cache(offline_hub, repo_id, Path(folder_path), commit="2" * 40)
+
+    monkeypatch.setattr(hub.HfApi, "create_repo", lambda self, repo_id, **kw: hub.RepoUrl(f"https://hf.co/{repo_id}"))
+    monkeypatch.setattr(hub.HfApi, "upload_folder", upload_folder)
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", tiny_run, "--out", "export-dir"]) == 0
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (the README's own code, run as written)
+    assert scope["images"].shape == (16, 3, 32, 32) and scope["labels"].shape == (16,)
+    assert (tmp_path / "my-sagan" / "model.safetensors").is_file()
