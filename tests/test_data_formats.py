@@ -197,3 +197,11 @@ def test_a_run_keeps_its_folder_listing_and_resumes_on_it(tmp_path):
     assert len(other) == 5 and other.classes == []  # a cache of another folder is ignored
     (run / "listing.json").write_text("{not json")
     assert len(ImageFolderDataset.with_listing_cache(folder, 8, run / "listing.json", write=False)) == 8
+
+
+def test_hf_labels_that_are_not_all_integers_or_all_strings_are_one_line(tmp_path):
+    images = [Image.new("RGB", (8, 8)) for _ in range(3)]
+    for i, labels in enumerate(([0, None, 1], [0.5, 1.5, 2.5])):  # arrow columns hold one type (or nulls)
+        datasets.Dataset.from_dict({"image": images, "y": labels}).save_to_disk(str(tmp_path / f"ds{i}"))
+        with pytest.raises(ValueError, match="must be all integers or all strings"):
+            build_dataset(f"hf:{tmp_path / f'ds{i}'}", 8, label_column="y")

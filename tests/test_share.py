@@ -255,14 +255,21 @@ def test_interpolate_command_writes_the_grid_and_a_looping_gif(tiny_run, tmp_pat
     assert main(["interpolate", str(unconditional), "--out", str(out)]) == 0
 
 
-def test_config_json_of_an_export_is_checked(exported, tmp_path):
+def test_config_json_of_an_export_is_checked(exported, tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(exported, bad)
     config = json.loads((bad / "config.json").read_text())
-    config["classes"] = ["only-one"]
-    (bad / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="class names"):
-        Generator.from_pretrained(bad)
+    for text, message in [
+        (json.dumps({**config, "classes": ["only-one"]}), "class names"),
+        ("[1, 2]", "is a list, not a sagan export's config"),
+        ("{not json", "is not valid JSON"),
+        (json.dumps({"resolution": 32, "ch": 8}), "without a 'generator' entry"),  # the mixin's flat layout
+    ]:
+        (bad / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            Generator.from_pretrained(bad)
+        assert main(["sample", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 def test_a_class_is_given_by_name_or_index(tiny_run, tmp_path):

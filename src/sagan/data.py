@@ -551,9 +551,15 @@ def _hf_labels(table: Any, column: str, spec: str) -> tuple[list[int], list[str]
     names = getattr(table.features[column], "names", None)
     if names:
         return [int(v) for v in values], list(names)
-    distinct = sorted(set(values), key=lambda v: (isinstance(v, str), v))
-    if len(distinct) > MAX_CLASSES or not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in distinct):
-        raise ValueError(f"hf:{spec}: labels in {column!r} must be integers or strings (at most {MAX_CLASSES:,})")
+    distinct = set(values)
+    kinds = {int if isinstance(v, int) and not isinstance(v, bool) else str if isinstance(v, str) else None
+             for v in distinct}  # fmt: skip
+    if len(distinct) > MAX_CLASSES or len(kinds) != 1 or None in kinds:
+        raise ValueError(
+            f"hf:{spec}: labels in {column!r} must be all integers or all strings, at most {MAX_CLASSES:,} of them "
+            f"(pass another --label-column, or --unconditional)"
+        )
+    distinct = sorted(distinct)
     if all(isinstance(v, int) for v in distinct) and distinct == list(range(len(distinct))):
         return list(values), [str(v) for v in distinct]
     index = {v: i for i, v in enumerate(distinct)}

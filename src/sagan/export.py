@@ -64,9 +64,12 @@ def load_pretrained(folder: str | Path) -> Generator:
         config = json.loads((folder / CONFIG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"{folder / CONFIG_FILE} is not valid JSON ({err}); export the model again") from None
-    model = generator_config_of(
-        config.get("generator") if isinstance(config, dict) else None, str(folder / CONFIG_FILE)
-    )
+    if not isinstance(config, dict) or not isinstance(config.get("generator"), dict):
+        what = f"a {type(config).__name__}" if not isinstance(config, dict) else "a mapping without a 'generator' entry"
+        raise ValueError(  # noqa: TRY004 (a bad file: an input error, like every other one here)
+            f"{folder / CONFIG_FILE} is {what}, not a sagan export's config; make the folder with `sagan export`"
+        )
+    model = generator_config_of(config["generator"], str(folder / CONFIG_FILE))
     try:
         with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as fh:
             shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 (safe_open is not iterable)

@@ -29,19 +29,10 @@ except ImportError:  # the optional extra is not installed: local folders only
     HUB_AVAILABLE = False
 
     class _Base:  # type: ignore[no-redef]
-        """The mixin's three methods for local folders, so code written for the Hub runs without it."""
+        """The mixin's saving methods for local folders, so code written for the Hub runs without it."""
 
         def __init_subclass__(cls, **card: Any) -> None:  # the mixin's model-card keywords, unused here
             super().__init_subclass__()
-
-        @classmethod
-        def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> Any:
-            if not Path(pretrained_model_name_or_path).is_dir():
-                raise ValueError(
-                    f"{pretrained_model_name_or_path} is not a folder; loading from the Hugging Face Hub needs "
-                    f"huggingface_hub: {INSTALL_HINT}"
-                )
-            return cls._from_pretrained(model_id=str(pretrained_model_name_or_path), **kwargs)  # type: ignore[attr-defined]
 
         def save_pretrained(self, save_directory: str | Path, *, push_to_hub: bool = False, **kwargs: Any) -> None:
             if push_to_hub:
@@ -92,8 +83,15 @@ class HubMixin(
         and map_location (default "cpu").
         """
         name = str(pretrained_model_name_or_path)
+        # Not the mixin's from_pretrained: it would read config.json itself, as keyword arguments
+        # for __init__, before our checks. Ours reads the folder (fetched first for a Hub id) once.
+        if os.path.isdir(name):
+            return cls._from_pretrained(model_id=name, **kwargs)
+        if not HUB_AVAILABLE:
+            raise ValueError(f"{name} is not a folder; loading from the Hugging Face Hub needs huggingface_hub: "
+                             f"{INSTALL_HINT}")  # fmt: skip
         try:
-            return super().from_pretrained(name, **kwargs)
+            return cls._from_pretrained(model_id=name, **kwargs)
         except Exception as err:
             if type(err).__module__.startswith("huggingface_hub"):
                 raise ValueError(hub_error(name, err)) from None
