@@ -161,6 +161,15 @@ def test_export_push_to_hub_uploads_the_exported_folder(tiny_run, tmp_path, monk
     assert 'Generator.from_pretrained("me/shapes-sagan")' in uploaded["card"]
     assert "https://huggingface.co/me/shapes-sagan" in capsys.readouterr().out
     assert main(["export", tiny_run, "--out", str(out), "--push-to-hub", "not a repo"]) == 2
+    capsys.readouterr()
+
+    def no_network(self, **kw):
+        raise ConnectionError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(hub.HfApi, "create_repo", no_network)
+    assert main(["export", tiny_run, "--out", str(out), "--push-to-hub", "me/shapes-sagan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "could not push" in err and "export itself is complete" in err and len(err.splitlines()) == 1
 
 
 def test_without_the_hub_extra_local_folders_still_work(exported, tmp_path):

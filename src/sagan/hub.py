@@ -170,8 +170,10 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False) -> str:
     try:
         repo = api.create_repo(repo_id=repo_id, private=private, exist_ok=True)
         api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), commit_message="Upload a sagan generator")
-    except Exception as err:
-        if type(err).__module__.startswith("huggingface_hub"):
-            raise ValueError(f"could not push {folder} to {repo_id}: {type(err).__name__} ({str(err)[:200]})") from None
-        raise
+    except Exception as err:  # noqa: BLE001 (the Hub's, HTTP's and the network's errors: all one line here)
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"could not push {folder} to {repo_id}: {type(err).__name__} ({first}); the export itself is complete, "
+            f"check the connection and `hf auth login`, then run the command again"
+        ) from None
     return f"https://huggingface.co/{repo.repo_id}"
