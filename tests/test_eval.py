@@ -68,6 +68,7 @@ def test_eval_command_prints_and_logs(tiny_run, inception_weights, capsys):
     assert "step 6, 16 samples: FID" in out and "IS" in out and "KID" in out
     last = json.loads((Path(tiny_run) / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 6 and last["eval_n"] == 16 and set(last["eval"]) >= {"fid", "is", "kid"}
+    assert list((Path(tiny_run) / "fidelity-cache").glob("sagan-real-*.pt"))  # kept with the run for the next one
 
 
 def test_inception_weights_from_the_environment_and_bad_files(

@@ -335,7 +335,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from .data import build_dataset
     from .metrics import evaluate_generator, load_inception_state, parse_metrics
-    from .rundir import MetricsLog
+    from .rundir import FIDELITY_CACHE, MetricsLog
     from .runtime import resolve_device
     from .source import load_source
 
@@ -363,6 +363,9 @@ def _eval(args: argparse.Namespace) -> int:
         device=device,
         truncation=args.truncation,
         progress=True,
+        # a run keeps its real images' features: the next evaluation (or the training run's) reuses them
+        cache_dir=None if source.run_dir is None else source.run_dir / FIDELITY_CACHE,
+        data_key=data,
     )
     print(f"{source.describe()}, {args.n} samples: " + ", ".join(f"{k.upper()} {v:.4g}" for k, v in results.items()))
     if source.run_dir is not None:  # keep the result with the run
