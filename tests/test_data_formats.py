@@ -195,6 +195,8 @@ def test_a_run_keeps_its_folder_listing_and_resumes_on_it(tmp_path):
     assert len(fresh) == 8  # the cached listing, not the folder's 8 files now (one new, one gone)
     other = ImageFolderDataset.with_listing_cache(folder / "cats", 8, run / "listing.json", write=False)
     assert len(other) == 5 and other.classes == []  # a cache of another folder is ignored
+    fresh_run = ImageFolderDataset.with_listing_cache(folder, 8, run / "listing.json", write=False, reuse=False)
+    assert "new.png" in {p.name for p, _ in fresh_run.samples}  # listed anew
     (run / "listing.json").write_text("{not json")
     assert len(ImageFolderDataset.with_listing_cache(folder, 8, run / "listing.json", write=False)) == 8
 

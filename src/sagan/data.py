@@ -355,15 +355,18 @@ class ImageFolderDataset(ImageFilesDataset):
         return [(str(path.relative_to(self.root)), label) for path, label in self.samples]
 
     @classmethod
-    def with_listing_cache(cls, root: str | Path, resolution: int, cache: Path, write: bool) -> ImageFolderDataset:
+    def with_listing_cache(
+        cls, root: str | Path, resolution: int, cache: Path, write: bool, reuse: bool = True
+    ) -> ImageFolderDataset:
         """The folder, listed once per run: a run keeps its listing in `cache` (JSON) and reads it on resume.
 
-        So a resumed run sees the images, order and classes it started with without walking the folder
-        again (minutes for millions of files on a network disk); files added since are not seen, and
-        files removed since are skipped when read. A cache of another folder is ignored.
+        So a resumed run (`reuse`) sees the images, order and classes it started with without walking the
+        folder again (minutes for millions of files on a network disk); files added since are not seen, and
+        files removed since are skipped when read. A cache of another folder is ignored; a fresh run
+        (`reuse=False`) lists the folder and writes the cache (`write`: rank 0).
         """
         root = Path(root)
-        saved = _read_listing(cache, root)
+        saved = _read_listing(cache, root) if reuse else None
         if saved is not None:
             return cls(root, resolution, listing=saved["files"], classes=saved["classes"])
         dataset = cls(root, resolution)
@@ -579,6 +582,7 @@ def build_dataset(
     label_column: str | None = None,
     listing_cache: Path | None = None,
     write_listing: bool = True,
+    reuse_listing: bool = True,
 ) -> Dataset:
     """The dataset that `--data` names (see the module docstring). Errors say what to pass instead.
 
@@ -598,7 +602,7 @@ def build_dataset(
         )
     if path.is_dir():
         if listing_cache is not None:
-            return ImageFolderDataset.with_listing_cache(path, resolution, listing_cache, write_listing)
+            return ImageFolderDataset.with_listing_cache(path, resolution, listing_cache, write_listing, reuse_listing)
         return ImageFolderDataset(path, resolution)
     if path.suffix == ".npz":
         return load_npz(path, resolution)

@@ -315,7 +315,8 @@ def _data(config: TrainConfig, state: TrainState | None, ctx: Distributed) -> tu
     dataset = build_dataset(config.data, config.model.resolution, seed=config.seed, shapes_size=config.data_size,
                             download=config.download and ctx.is_main, data_dir=config.data_dir, split=config.split,
                             image_column=config.image_column, label_column=config.label_column,
-                            listing_cache=Path(config.out) / LISTING_FILE, write_listing=ctx.is_main)  # fmt: skip
+                            listing_cache=Path(config.out) / LISTING_FILE, write_listing=ctx.is_main,
+                            reuse_listing=state is not None)  # fmt: skip
     if config.conditional and not dataset.num_classes:
         raise ValueError(f"--conditional needs class labels, and {config.data} has none "
                          f"(use a folder with one subfolder per class)")  # fmt: skip
