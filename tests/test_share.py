@@ -79,6 +79,22 @@ def test_load_by_repo_id_from_a_hub_cache_offline(exported, offline_hub):
         Generator.from_pretrained("someone/absent")
 
 
+def test_a_hub_source_can_name_a_revision(tiny_run, exported, offline_hub, tmp_path):
+    """owner/name@v1 reads the files of the commit that refs/v1 names in the cache, not main's."""
+    other = tmp_path / "other"
+    Generator(32, num_classes=6, ch=8).save_pretrained(other)  # another generator, tagged v1
+    repo = offline_hub / "models--someone--tiny-sagan"
+    (repo / "refs" / "v1").write_text("3" * 40)
+    (repo / "snapshots" / ("3" * 40)).mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(other / name, repo / "snapshots" / ("3" * 40) / name)
+    pictures = []
+    for source in ("someone/tiny-sagan", "someone/tiny-sagan@v1", str(other)):
+        assert main(["sample", source, "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
+        pictures.append(Image.open(tmp_path / "s.png").tobytes())
+    assert pictures[0] != pictures[1] and pictures[1] == pictures[2]
+
+
 def test_a_hub_model_without_safetensors_is_never_unpickled(exported, offline_hub, monkeypatch):
     """A cached repository holding config.json and a pickled pytorch_model.bin: refused, and nothing torch.loads it."""
     repo = offline_hub / "models--someone--pickled"

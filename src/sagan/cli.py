@@ -161,7 +161,10 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-SOURCE_HELP = "a run directory (its newest checkpoint), a checkpoint, an export folder or a Hugging Face Hub id"
+SOURCE_HELP = (
+    "a run directory (its newest checkpoint), a checkpoint, an export folder or a Hugging Face Hub id "
+    "(owner/name, or owner/name@revision)"
+)
 
 
 def _add_source(p: argparse.ArgumentParser) -> None:

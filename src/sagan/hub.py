@@ -20,6 +20,8 @@ from typing import Any
 INSTALL_HINT = "pip install 'sagan-pytorch[hub]'"
 #: What a Hub repository id looks like (owner/name); a local path that does not exist and has this form is tried there.
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+#: A Hub model as a command's SOURCE: owner/name, optionally @revision (a branch, tag or commit).
+HUB_SOURCE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(@(?P<revision>[\w./-]+))?$")
 
 try:
     from huggingface_hub import PyTorchModelHubMixin as _Base

@@ -63,7 +63,7 @@ class Source:
 def kind_of(name: str) -> str:
     """Which of KINDS a command-line SOURCE names (nothing is read)."""
     from .export import CONFIG_FILE, WEIGHTS_FILE
-    from .hub import REPO_ID
+    from .hub import HUB_SOURCE
 
     path = Path(name)
     if path.is_dir():
@@ -71,10 +71,11 @@ def kind_of(name: str) -> str:
         return "export folder" if exported else "run directory"
     if path.is_file():
         return "checkpoint"
-    if REPO_ID.match(name):
+    if HUB_SOURCE.match(name):
         return "Hub model"
     raise FileNotFoundError(
-        f"{name}: no such run directory, checkpoint or export folder (a Hugging Face Hub id looks like owner/name)"
+        f"{name}: no such run directory, checkpoint or export folder "
+        f"(a Hugging Face Hub id looks like owner/name, or owner/name@revision)"
     )
 
 
@@ -90,6 +91,11 @@ def load_source(name: str | Path, use_ema: bool = True) -> Source:
         return Source(generator_from(state, path, use_ema), kind, name, path, state)
     if not use_ema:
         raise ValueError(f"{name} is {_a(kind)}, which holds one generator; --no-ema applies to runs and checkpoints")
+    if kind == "Hub model":
+        from .hub import HUB_SOURCE
+
+        parts = HUB_SOURCE.match(name)
+        return Source(Generator.from_pretrained(parts["repo"], revision=parts["revision"]), kind, name, name)
     return Source(Generator.from_pretrained(name), kind, name, name)
 
 
