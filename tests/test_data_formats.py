@@ -13,7 +13,8 @@ from PIL import Image
 from runs import tiny_flags
 
 from sagan.cli import main
-from sagan.data import ZipImageDataset, build_dataset, mirror
+from sagan.data import build_dataset, mirror
+from sagan.image_files import ZipImageDataset
 
 COLOURS = {"cats": (0, 255, 0), "dogs": (0, 0, 255)}
 
@@ -189,7 +190,7 @@ def test_a_run_keeps_its_folder_listing_and_resumes_on_it(tmp_path):
     with pytest.warns(UserWarning, match="unreadable image"):
         assert main(["train", "--resume", str(run), "--steps", "4"]) == 0
     assert len(json.loads((run / "listing.json").read_text())["files"]) == 8  # the run's own listing, unchanged
-    from sagan.data import ImageFolderDataset
+    from sagan.image_files import ImageFolderDataset
 
     fresh = ImageFolderDataset.with_listing_cache(folder, 8, run / "listing.json", write=False)
     assert len(fresh) == 8  # the cached listing, not the folder's 8 files now (one new, one gone)

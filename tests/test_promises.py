@@ -223,7 +223,7 @@ def test_images_that_fail_to_decode_are_replaced_and_resume_stays_exact(tmp_path
 
 
 def test_16_bit_images_are_scaled_not_clipped(tmp_path):
-    from sagan.data import load_image
+    from sagan.image_files import load_image
 
     gray = np.full((8, 8), 32768, dtype=np.uint16)  # half of the 16-bit range
     Image.fromarray(gray).save(tmp_path / "half.png")

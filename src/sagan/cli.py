@@ -391,7 +391,7 @@ def _add_attention(sub: argparse._SubParsersAction) -> None:
 
 
 def _attention(args: argparse.Namespace) -> int:
-    from .data import load_image
+    from .image_files import load_image
     from .sampling import class_index_of
     from .source import load_source
     from .viz import attention_picture, save_pil
