@@ -407,18 +407,33 @@ def test_attention_path_is_chosen_when_a_block_is_built():
 def test_threads_default_to_the_cores_left_idle_by_other_work(monkeypatch):
     from sagan import runtime
 
-    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
-    readings = iter([(100, 200), (150, 300)])  # half the CPU time since the first reading was idle
+    monkeypatch.setattr(runtime, "_allowed_cpus", lambda: {0, 1, 2, 3})  # of 6 CPUs: 4, 5 are not ours
+    readings = iter(
+        [
+            {c: (100, 200) for c in range(6)},
+            # since then: CPU 0 all busy, CPU 1 half, CPUs 2 and 3 idle; 4 and 5 busy (not ours: not counted)
+            {0: (100, 300), 1: (150, 300), 2: (200, 300), 3: (200, 300), 4: (100, 300), 5: (100, 300)},
+        ]
+    )
     monkeypatch.setattr(runtime, "_cpu_times", lambda: next(readings))
-    assert runtime.idle_cores(sample_s=0) == 2  # 4 cores, 2 cores' worth busy
-    readings = iter([(0, 100), (100, 200)])  # all idle
+    assert runtime.busy_cores({0, 1, 2, 3}, sample_s=0) == 1.5
+    readings = iter([{c: (0, 100) for c in range(6)}, {c: (100, 200) for c in range(6)}])  # all idle
     assert runtime.idle_cores(sample_s=0) == 4
-    readings = iter([(0, 100), (0, 200)])  # all busy: still one thread
+    readings = iter([{c: (0, 100) for c in range(6)}, {c: (0, 200) for c in range(6)}])  # all busy: still 1
     assert runtime.idle_cores(sample_s=0) == 1
     monkeypatch.setattr(runtime, "_cpu_times", lambda: None)  # no /proc: the load average
     monkeypatch.setattr(runtime.os, "getloadavg", lambda: (3.2, 0.0, 0.0))
     assert runtime.idle_cores(sample_s=0) == 1
+
+
+def test_proc_stat_is_read_per_cpu_here():
+    from sagan import runtime
+
+    times = runtime._cpu_times()
+    if times is None:
+        pytest.skip("no /proc/stat on this system (the load average is used)")
+    assert runtime._allowed_cpus() <= set(times) and all(0 <= idle <= total for idle, total in times.values())
+    assert 1 <= runtime.idle_cores(sample_s=0.05) <= len(runtime._allowed_cpus())
 
 
 def test_a_run_keeps_its_picked_thread_count_on_resume(tmp_path, monkeypatch):

@@ -56,38 +56,51 @@ class Precision:
 
 
 def idle_cores(sample_s: float = 0.3) -> int:
-    """Cores not busy with other work right now, at least 1.
+    """Cores this process may use that are not busy with other work right now, at least 1.
 
     torch uses every core by default; on a machine where another process is busy, its threads
     then wait on each other, and fewer threads run faster (benchmarks/busy_machine.py). Busy time is
-    read from /proc/stat over `sample_s` seconds (it sees a process that started a moment ago), or,
-    where there is no /proc, from the one-minute load average.
+    read per CPU from /proc/stat over `sample_s` seconds, for the CPUs this process may run on (it sees
+    a process that started a moment ago), or, where there is no /proc, from the one-minute load average.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = busy_cores(sample_s)
-    return max(1, min(cores, round(cores - busy)))
+    cpus = _allowed_cpus()
+    busy = busy_cores(cpus, sample_s)
+    return max(1, min(len(cpus), round(len(cpus) - busy)))
 
 
-def _cpu_times() -> tuple[int, int] | None:
-    """(idle, total) jiffies of all CPUs since boot, from /proc/stat; None where there is none."""
+def _allowed_cpus() -> set[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def _cpu_times() -> dict[int, tuple[int, int]] | None:
+    """{cpu: (idle, total) jiffies since boot} from /proc/stat's per-CPU lines; None where there is none."""
     try:
         with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:]]
-    except (OSError, ValueError):
+            lines = [line.split() for line in fh if line.startswith("cpu") and line[3:4].isdigit()]
+        times = {}
+        for name, *fields in lines:
+            values = [int(v) for v in fields]
+            times[int(name[3:])] = (values[3] + (values[4] if len(values) > 4 else 0), sum(values[:8]))
+    except (OSError, ValueError, IndexError):
         return None
-    return values[3] + (values[4] if len(values) > 4 else 0), sum(values[:8])  # idle + iowait; without guest time
+    return times or None  # idle + iowait, of user..steal (guest time is inside user)
 
 
-def busy_cores(sample_s: float = 0.3) -> float:
-    """How many cores' worth of work the machine is doing now (all processes)."""
+def busy_cores(cpus: set[int], sample_s: float = 0.3) -> float:
+    """How many of `cpus`' worth of work the machine is doing now (all processes)."""
     first = _cpu_times()
     if first is not None:
         time.sleep(sample_s)
         second = _cpu_times()
-        if second is not None and second[1] > first[1]:
-            busy_share = 1 - (second[0] - first[0]) / (second[1] - first[1])
-            return busy_share * (os.cpu_count() or 1)
+        if second is not None:
+            busy = 0.0
+            for cpu in cpus & first.keys() & second.keys():
+                idle, total = second[cpu][0] - first[cpu][0], second[cpu][1] - first[cpu][1]
+                busy += 1 - idle / total if total > 0 else 0.0
+            return busy
     try:
-        return os.getloadavg()[0]
+        return min(os.getloadavg()[0], len(cpus))
     except OSError:
         return 0.0
