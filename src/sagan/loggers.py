@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.utils import make_grid
 
-from .viz import to_uint8
+from .viz import grid
 
 
 class ExperimentLoggers:
@@ -60,9 +59,7 @@ class ExperimentLoggers:
         if self.wandb:
             import wandb
 
-            nrow = max(1, int(len(images) ** 0.5 + 0.999))
-            grid = make_grid(to_uint8(images), nrow=nrow, padding=2, pad_value=255).permute(1, 2, 0).numpy()
-            self.wandb.log({name: wandb.Image(grid)}, step=step)
+            self.wandb.log({name: wandb.Image(grid(images).permute(1, 2, 0).numpy())}, step=step)
 
     def close(self) -> None:
         if self.tb:

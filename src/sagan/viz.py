@@ -26,15 +26,20 @@ def save_png(image: torch.Tensor, path: str | Path) -> None:
     atomic_write(path, lambda fh: fh.write(buffer.getvalue()))
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, padding: int = 2) -> None:
-    """Tile (B, 3, H, W) images in [-1, 1] into one PNG (nrow per row, square by default)."""
+def grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
+    """Tile (B, 3, H, W) images in [-1, 1] into one uint8 (3, H', W') picture, nrow a row (square by default)."""
     nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
-    save_png(make_grid(to_uint8(images), nrow=nrow, padding=padding, pad_value=255), path)
+    return make_grid(to_uint8(images), nrow=nrow, padding=padding, pad_value=255)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None, padding: int = 2) -> None:
+    """`grid` of (B, 3, H, W) images in [-1, 1], as one PNG."""
+    save_png(grid(images, nrow, padding), path)
 
 
 def interpolation_grid(images: torch.Tensor, padding: int = 2) -> torch.Tensor:
     """(rows, steps, 3, H, W) in [-1, 1] -> one uint8 (3, H', W') picture, a row per walk."""
-    return make_grid(to_uint8(images.flatten(0, 1)), nrow=images.shape[1], padding=padding, pad_value=255)
+    return grid(images.flatten(0, 1), nrow=images.shape[1], padding=padding)
 
 
 def save_gif(images: torch.Tensor, path: str | Path, frame_ms: int = 120) -> None:
@@ -42,9 +47,7 @@ def save_gif(images: torch.Tensor, path: str | Path, frame_ms: int = 120) -> Non
 
     The walk plays forwards then backwards, so the loop has no jump.
     """
-    rows, steps = images.shape[:2]
-    nrow = max(1, math.ceil(math.sqrt(rows)))
-    frames = [make_grid(to_uint8(images[:, t]), nrow=nrow, padding=2, pad_value=255) for t in range(steps)]
+    frames = [grid(images[:, t]) for t in range(images.shape[1])]
     frames += frames[-2:0:-1]
     pictures = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in frames]
     buffer = io.BytesIO()
