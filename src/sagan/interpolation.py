@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .sampling import draw_inputs, sample_labels
+from .sampling import check_class, draw_inputs
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -51,9 +51,7 @@ def interpolation_inputs(
     """
     if steps < 2 or rows < 1:
         raise ValueError(f"an interpolation needs at least 2 steps and 1 row (got steps={steps}, rows={rows})")
-    if num_classes == 0 and to_class is not None:
-        raise ValueError("this generator is unconditional: drop --to-class")
-    sample_labels(0, num_classes, class_index=to_class)  # checks the range of --to-class
+    check_class(to_class, num_classes, "--to-class")
     z, y = draw_inputs(0, 2 * rows, z_dim, num_classes, seed, class_index, truncation)
     t = torch.linspace(0, 1, steps)
     if to_class is None:

@@ -49,17 +49,22 @@ def sample_labels(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor | None:
     """(n,) class labels: all `class_index`, or uniform over the classes; None for unconditional nets."""
+    check_class(class_index, num_classes)
     if num_classes == 0:
-        if class_index is not None:
-            raise ValueError("this generator is unconditional: drop --class")
         return None
     if class_index is not None:
-        if not 0 <= class_index < num_classes:
-            raise ValueError(
-                f"--class {class_index} is outside [0, {num_classes}); the model has {num_classes} classes"
-            )
         return torch.full((n,), class_index, dtype=torch.long, device=device)
     return torch.randint(num_classes, (n,), generator=generator, device=device)
+
+
+def check_class(class_index: int | None, num_classes: int, flag: str = "--class") -> None:
+    """A class index (given with `flag`) must name one of the model's classes; None always passes."""
+    if class_index is None:
+        return
+    if num_classes == 0:
+        raise ValueError(f"this generator is unconditional: drop {flag}")
+    if not 0 <= class_index < num_classes:
+        raise ValueError(f"{flag} {class_index} is outside [0, {num_classes}); the model has {num_classes} classes")
 
 
 def class_index_of(G: nn.Module, text: str | int | None, flag: str = "--class") -> int | None:
@@ -74,10 +79,7 @@ def class_index_of(G: nn.Module, text: str | int | None, flag: str = "--class") 
     else:
         known = f"its classes are {', '.join(names[:20])}" if names else "it has no class names: give an index"
         raise ValueError(f"{flag} {text!r} is not a class of this generator; {known}")
-    if not G.num_classes:
-        raise ValueError(f"this generator is unconditional: drop {flag}")
-    if not 0 <= index < G.num_classes:
-        raise ValueError(f"{flag} {index} is outside [0, {G.num_classes}); the model has {G.num_classes} classes")
+    check_class(index, G.num_classes, flag)
     return index
 
 
@@ -91,7 +93,7 @@ def draw_inputs(
     truncation: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Noise (count, z_dim) and labels (count,) of images start .. start + count - 1 for this seed, on the CPU."""
-    sample_labels(0, num_classes, class_index=class_index)  # checks the class before any work
+    check_class(class_index, num_classes)  # before any work
     zs, ys = [], []
     for block in range(start // BLOCK, (start + count - 1) // BLOCK + 1 if count else start // BLOCK):
         gen = torch.Generator().manual_seed((seed * 1_000_003 + block) % (2**63))
