@@ -138,6 +138,16 @@ def generator_config_of(g: Any, source: str) -> ModelConfig:
     return model
 
 
+def class_names_of(names: Any, num_classes: int, source: str | Path) -> list[str]:
+    """The class names a checkpoint or export holds: one string per class, or none (data without names)."""
+    if not isinstance(names, list) or len(names) not in (0, num_classes) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(
+            f"{source}: its class names are not a list of {num_classes} strings, one per class; the file was "
+            f"written by another tool or version of sagan"
+        )
+    return names
+
+
 def nets_config(model: ModelConfig) -> dict[str, dict[str, Any]]:
     """What the nets' own `.config` dicts hold, for a resolved ModelConfig (attention lists filled in)."""
     return {
@@ -263,9 +273,7 @@ class TrainState:
         nets = {"G": "generator", "G_ema": "EMA generator", "D": "discriminator"}
         for key, what in nets.items():
             check_sizes(state[key], model, key[0], path, what)
-        classes = state.get("classes", [])
-        if not isinstance(classes, list) or len(classes) not in (0, model.num_classes or 0):
-            raise CheckpointError(f"{path}: its class names do not match its {model.num_classes} classes")
+        classes = class_names_of(state.get("classes", []), model.num_classes or 0, path)
         for key in ("step", "data_position"):
             if not isinstance(state.get(key, 0), int) or state.get(key, 0) < 0:
                 raise CheckpointError(f"{path}: its {key} is not a non-negative integer")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import generator_config_of
+from .checkpoint import class_names_of, generator_config_of
 from .files import atomic_write, atomic_write_json
 from .models import Generator, build_generator, size_shapes
 from .spectral import bake_spectral_norm
@@ -70,6 +70,7 @@ def load_pretrained(folder: str | Path) -> Generator:
             f"{folder / CONFIG_FILE} is {what}, not a sagan export's config; make the folder with `sagan export`"
         )
     model = generator_config_of(config["generator"], str(folder / CONFIG_FILE))
+    class_names = class_names_of(config.get("classes", []), model.num_classes or 0, folder / CONFIG_FILE)
     try:
         with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as fh:
             shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118 (safe_open is not iterable)
@@ -92,14 +93,8 @@ def load_pretrained(folder: str | Path) -> Generator:
     from safetensors.torch import load_file
 
     G.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
-    G.class_names = _class_names(config.get("classes", []), model.num_classes or 0, folder / CONFIG_FILE)
+    G.class_names = class_names
     return G.eval()
-
-
-def _class_names(names: object, num_classes: int, path: Path) -> list[str]:
-    if not isinstance(names, list) or len(names) not in (0, num_classes) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{path}: its 'classes' is not a list of {num_classes} class names; export the model again")
-    return names
 
 
 def export_onnx(G: Generator, path: Path) -> Path:
