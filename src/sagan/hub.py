@@ -19,9 +19,10 @@ from typing import Any
 
 INSTALL_HINT = "pip install 'sagan-pytorch[hub]'"
 #: What a Hub repository id looks like (owner/name); a local path that does not exist and has this form is tried there.
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_REPO = r"[A-Za-z0-9][\w.-]*/[\w.-]+"
+REPO_ID = re.compile(f"^{_REPO}$")
 #: A Hub model as a command's SOURCE: owner/name, optionally @revision (a branch, tag or commit).
-HUB_SOURCE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(@(?P<revision>[\w./-]+))?$")
+HUB_SOURCE = re.compile(rf"^(?P<repo>{_REPO})(@(?P<revision>[\w./-]+))?$")
 
 try:
     from huggingface_hub import PyTorchModelHubMixin as _Base
@@ -87,9 +88,7 @@ class HubMixin(
         name = str(pretrained_model_name_or_path)
         # Not the mixin's from_pretrained: it would read config.json itself, as keyword arguments
         # for __init__, before our checks. Ours reads the folder (fetched first for a Hub id) once.
-        if os.path.isdir(name):
-            return cls._from_pretrained(model_id=name, **kwargs)
-        if not HUB_AVAILABLE:
+        if not HUB_AVAILABLE and not os.path.isdir(name):
             raise ValueError(f"{name} is not a folder; loading from the Hugging Face Hub needs huggingface_hub: "
                              f"{INSTALL_HINT}")  # fmt: skip
         try:
